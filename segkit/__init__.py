@@ -1,0 +1,13 @@
+"""segkit: MobileNetV3 + LR-ASPP semantic segmentation for Cityscapes, from training to the device."""
+
+from __future__ import annotations
+
+import os
+
+# albumentations asks PyPI for a newer version on import; segkit never touches the network by itself.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from segkit.models import create_model  # noqa: E402
+
+__all__ = ["create_model"]
+__version__ = "0.1.0"

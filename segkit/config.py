@@ -1,0 +1,27 @@
+"""Where segkit's Hydra configs live, and how library code loads one group file without Hydra's app."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+#: The repository's ``conf/`` folder (override with SEGKIT_CONF_DIR for an installed copy elsewhere).
+CONF_DIR = Path(os.environ.get("SEGKIT_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group, e.g. ``group_options("model")``."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def load_group(group: str, name: str) -> DictConfig:
+    """Load ``conf/<group>/<name>.yaml``; an unknown name gets an error listing the valid ones."""
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown {group} '{name}': expected one of {group_options(group)} in {CONF_DIR / group}")
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    cfg.pop("defaults", None)
+    return cfg
