@@ -16,3 +16,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny procedural Cityscapes dataset (4 train, 2 val, 2 test images at 64x128), made once per session.
+
+    Official layout: ``leftImg8bit/<split>/<city>/...`` and ``gtFine/<split>/<city>/...`` with polygons JSON,
+    labelIds, labelTrainIds and color PNGs. Treat it as read-only (it is shared by all tests).
+    """
+    from segkit.data.sample import generate_sample
+
+    out = tmp_path_factory.mktemp("cityscapes_sample")
+    return generate_sample(out, train=4, val=2, test=2, height=64, width=128, seed=0)

@@ -1,0 +1,7 @@
+"""Cityscapes reading, the procedural sample dataset, augmentation and resumable data loading."""
+
+from __future__ import annotations
+
+from segkit.data.cityscapes import CityscapesDataset, CityscapesError
+
+__all__ = ["CityscapesDataset", "CityscapesError"]
