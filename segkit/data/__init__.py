@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from segkit.data.build import build_datasets
 from segkit.data.cityscapes import CityscapesDataset, CityscapesError
 
-__all__ = ["CityscapesDataset", "CityscapesError"]
+__all__ = ["CityscapesDataset", "CityscapesError", "build_datasets"]
