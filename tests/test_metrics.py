@@ -196,6 +196,48 @@ def test_bad_input_is_rejected_with_a_clear_message() -> None:
     assert int(m.counts.sum()) == 0  # nothing half-counted
 
 
+def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        m = SegmentationMetrics()
+        if rank == 0:  # rank 1 sees no data at all and must still contribute zeros
+            m.update(torch.tensor([[0, 1], [255, 2]]), torch.tensor([[0, 1], [1, 2]]))
+            m.update(torch.tensor([[3, 3]]), torch.tensor([[3, 4]]))
+        m.all_reduce()
+        torch.save(m.counts, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    expected = SegmentationMetrics()
+    expected.update(torch.tensor([[0, 1], [255, 2]]), torch.tensor([[0, 1], [1, 2]]))
+    expected.update(torch.tensor([[3, 3]]), torch.tensor([[3, 4]]))
+    for rank in range(2):
+        counts = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(counts, expected.counts), rank
+    assert int(expected.void_predictions[1]) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_counts_stay_on_the_gpu() -> None:
+    rng = np.random.default_rng(5)
+    target = rng.integers(0, 19, size=(2, H, W))
+    pred = rng.integers(0, 20, size=(2, H, W))
+    pred[pred == 19] = 255
+    gpu, cpu = SegmentationMetrics(), SegmentationMetrics()
+    gpu.update(torch.from_numpy(pred).cuda(), torch.from_numpy(target).cuda())
+    cpu.update(pred, target)
+    assert gpu.confusion.device.type == "cuda"
+    assert torch.equal(gpu.counts.cpu(), cpu.counts)
+    assert gpu.compute() == cpu.compute()
+
+
 def test_all_reduce_is_a_noop_without_distributed() -> None:
     m = SegmentationMetrics()
     m.update(np.ones((4, 4), np.uint8), np.ones((4, 4), np.uint8))
