@@ -1,4 +1,4 @@
-"""CityscapesDataset: trainId mapping, API shapes and dtypes, and an error naming the file for each bad input."""
+"""CityscapesDataset: trainId mapping, API shapes and dtypes, and a file-naming error for each bad input."""
 
 from __future__ import annotations
 

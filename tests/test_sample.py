@@ -40,7 +40,9 @@ def test_official_layout_names_and_json(sample_root: Path) -> None:
             assert Image.open(img).size == (128, 64) and Image.open(img).mode == "RGB"
             for obj in ann["objects"]:
                 assert obj["label"] in name2label
-                assert len(obj["polygon"]) >= 3 and all(len(p) == 2 and isinstance(p[0], int) for p in obj["polygon"])
+                assert len(obj["polygon"]) >= 3 and all(
+                    len(p) == 2 and isinstance(p[0], int) for p in obj["polygon"]
+                )
             if split == "test":  # withheld like the official test labels: void only
                 assert {o["label"] for o in ann["objects"]} == {"ego vehicle"}
     # several cities per split
@@ -73,7 +75,9 @@ def test_labels_identical_to_cityscapesscripts_json2labelImg(sample_root: Path, 
             ours = Image.open(js.with_name(f"{stem}_{suffix}.png"))
             theirs = Image.open(ref)
             assert ours.mode == theirs.mode, (js.name, encoding)
-            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=f"{js.name} {encoding}")
+            np.testing.assert_array_equal(
+                np.asarray(ours), np.asarray(theirs), err_msg=f"{js.name} {encoding}"
+            )
 
 
 def test_same_seed_byte_identical_other_seed_different(tmp_path: Path) -> None:
@@ -89,7 +93,22 @@ def test_same_seed_byte_identical_other_seed_different(tmp_path: Path) -> None:
 
 
 def test_cli_any_size_and_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--out", str(tmp_path / "s"), "--train", "5", "--val", "0", "--height", "40", "--width", "72", "--seed", "3"])
+    main(
+        [
+            "--out",
+            str(tmp_path / "s"),
+            "--train",
+            "5",
+            "--val",
+            "0",
+            "--height",
+            "40",
+            "--width",
+            "72",
+            "--seed",
+            "3",
+        ]
+    )
     images = sorted((tmp_path / "s" / "leftImg8bit" / "train").glob("*/*.png"))
     assert len(images) == 5 and not (tmp_path / "s" / "leftImg8bit" / "val").exists()
     assert {Image.open(p).size for p in images} == {(72, 40)}
@@ -100,6 +119,7 @@ def test_cli_any_size_and_count(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_rgb_is_learnable_from_colour(sample_root: Path) -> None:
     """Class colours differ enough that a nearest-mean colour classifier fit on train works on val."""
+
     def pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for img in sorted((sample_root / "leftImg8bit" / split).glob("*/*.png")):
