@@ -86,6 +86,8 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             self.position = 0
 
     def state_dict(self) -> dict[str, int]:
+        if self.position >= self.samples_per_epoch:  # an epoch just ended: same as the next one's start
+            return {"epoch": self.epoch + 1, "position": 0}
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
