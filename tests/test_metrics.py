@@ -214,7 +214,9 @@ def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str)
 def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # fork, not spawn: the children reuse this process's imports instead of importing torch and segkit again
+    args = (2, str(tmp_path / "init"), str(tmp_path))
+    mp.start_processes(_all_reduce_worker, args=args, nprocs=2, join=True, start_method="fork")
     expected = SegmentationMetrics()
     expected.update(torch.tensor([[0, 1], [255, 2]]), torch.tensor([[0, 1], [1, 2]]))
     expected.update(torch.tensor([[3, 3]]), torch.tensor([[3, 4]]))
