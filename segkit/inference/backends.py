@@ -23,10 +23,11 @@ import torch
 
 from segkit import labels
 from segkit.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
-from segkit.export.metadata import decode_metadata
 
 #: Name of the JSON file stored inside TorchScript archives (``_extra_files``) with the model's metadata.
 TORCHSCRIPT_META_FILE = "segkit.json"
+#: Name of the constant method of ExecuTorch programs that returns the model's metadata as JSON.
+EXECUTORCH_META_METHOD = "segkit_metadata"
 
 InputKind = Literal["float", "uint8"]
 OutputKind = Literal["logits", "mask"]
@@ -169,11 +170,39 @@ class OnnxBackend(Backend):
             raise ModelFileError(
                 f"{path} is not a loadable ONNX model ({type(exc).__name__}: {exc})"
             ) from None
+        from segkit.export.metadata import decode_metadata  # here: segkit.export imports this module
+
         self.input_name = self.session.get_inputs()[0].name
         self.meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
+
+
+class ExecuTorchBackend(Backend):
+    """An ExecuTorch program (.pte) written by ``segkit.export mobile=executorch``; batch 1, fixed size."""
+
+    name = "executorch"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        try:
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise ModelFileError(
+                f"{path}: running .pte files needs the executorch package (pip install 'segkit[mobile]')"
+            ) from None
+        try:
+            program = Runtime.get().load_program(str(path))
+        except Exception as exc:  # the runtime raises RuntimeError/ValueError for foreign files
+            raise ModelFileError(f"{path} is not a loadable ExecuTorch program ({exc})") from None
+        if EXECUTORCH_META_METHOD not in program.method_names:
+            raise ModelFileError(f"{path} is an ExecuTorch program without segkit metadata")
+        self.meta = json.loads(program.load_method(EXECUTORCH_META_METHOD).execute([])[0])
+        self.method = program.load_method("forward")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(b[None]))])[0] for b in batch]
+        return torch.cat(outs).numpy()
 
 
 def read_torchscript_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -207,11 +236,13 @@ def sniff_kind(path: Path) -> str:
         return "onnx"
     if suffix == ".ts":
         return "torchscript"
+    if suffix == ".pte":
+        return "executorch"
     if suffix in (".pt", ".pth", ".ckpt"):
         return "torchscript" if is_torchscript_archive(path) else "checkpoint"
     raise ModelFileError(
         f"{path}: unknown model file type {suffix or '(no extension)'!r}; expected a segkit checkpoint "
-        "(.pt/.pth/.ckpt), an ONNX model (.onnx) or a TorchScript file (.ts/.torchscript.pt)"
+        "(.pt/.pth/.ckpt), an ONNX model (.onnx), an ExecuTorch program (.pte) or a TorchScript file (.ts)"
     )
 
 

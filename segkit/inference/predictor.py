@@ -25,6 +25,7 @@ import torch
 
 from segkit.inference.backends import (
     Backend,
+    ExecuTorchBackend,
     ModelFileError,
     ModelInfo,
     OnnxBackend,
@@ -85,7 +86,7 @@ class Predictor:
     """Segment RGB images with any segkit model file; see the module docstring for the resizing rules.
 
     Attributes: ``class_names``, ``palette`` (C x 3 uint8), ``input_size`` (the fixed working size or
-    None), ``backend`` ('pytorch', 'onnxruntime' or 'torchscript'), ``info`` (all metadata).
+    None), ``backend`` ('pytorch', 'onnxruntime', 'executorch' or 'torchscript'), ``info`` (all metadata).
     """
 
     def __init__(self, backend: Backend, info: ModelInfo, input_size: tuple[int, int] | None = None) -> None:
@@ -113,7 +114,7 @@ class Predictor:
         input_size: Sequence[int] | None = None,
         use_ema: bool = False,
     ) -> Predictor:
-        """Open a segkit checkpoint (.pt), ONNX model (.onnx) or TorchScript export (.ts / .torchscript.pt).
+        """Open a segkit checkpoint (.pt), ONNX model (.onnx), ExecuTorch (.pte) or TorchScript (.ts) export.
 
         ``threads`` sets onnxruntime's intra-op threads, or torch's thread count for the PyTorch back ends.
         """
@@ -129,6 +130,9 @@ class Predictor:
             meta: dict[str, Any] = backend.meta  # type: ignore[attr-defined]
             if meta.get("format") != "segkit-onnx":
                 meta = {**_meta_from_onnx_signature(backend), **meta}  # a foreign graph: read its shapes
+        elif kind == "executorch":
+            backend = ExecuTorchBackend(path)
+            meta = backend.meta  # type: ignore[attr-defined]
         elif kind == "torchscript":
             backend = TorchScriptBackend(path, device=device)
             meta = backend.meta  # type: ignore[attr-defined]
