@@ -1,0 +1,206 @@
+"""ONNX export: every model config round-trips through onnxruntime; in-graph preprocess/argmax; dynamic
+sizes; metadata; the verification gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import segkit
+from segkit.config import group_options, load_group
+from segkit.data import CityscapesDataset
+from segkit.engine.checkpoint import model_metadata, save_checkpoint
+from segkit.export import VerificationError, export_checkpoint, read_onnx_metadata, report_path
+from segkit.export.__main__ import load_config
+from segkit.export.metadata import build_metadata
+from segkit.export.onnx import ExportWrapper, export_onnx
+from segkit.export.verify import compare
+from segkit.inference import Predictor
+from segkit.inference.backends import OnnxBackend
+
+SIZE = (64, 128)
+
+
+def _model(name: str, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return segkit.create_model(name, num_classes=19, **overrides).eval()
+
+
+def _metadata(name: str, **kw) -> dict:
+    from segkit import labels
+    from segkit.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+
+    args = dict(input_size=SIZE, dynamic=False, preprocess=False, argmax=False)
+    args.update(kw)
+    return build_metadata(
+        model_name=name,
+        class_names=labels.CLASS_NAMES,
+        palette=labels.PALETTE,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        **args,
+    )
+
+
+@pytest.fixture(scope="module")
+def images(sample_root) -> list[np.ndarray]:
+    ds = CityscapesDataset(sample_root, "val", verbose=False)
+    return [ds.load(i)[0] for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("name", group_options("model"))
+def test_every_model_config_exports_and_matches_pytorch(name: str, tmp_path, images) -> None:
+    model = _model(name)
+    meta = _metadata(name)
+    wrapper = ExportWrapper(model, meta["mean"], meta["std"])
+    path = export_onnx(wrapper, tmp_path / f"{name}.onnx", input_size=SIZE, metadata=meta)
+    proto = onnx.load(str(path))
+    assert all(op.version >= 17 for op in proto.opset_import if op.domain in ("", "ai.onnx"))
+    assert list(tmp_path.iterdir()) == [path], "the export must be one self-contained file"
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [3, *SIZE], "static H/W by default"
+    res = compare(
+        wrapper,
+        OnnxBackend(path, threads=1).run,
+        images,
+        input_size=SIZE,
+        mean=meta["mean"],
+        std=meta["std"],
+        preprocess=False,
+        output_kind="logits",
+    )
+    assert res["max_abs_logit_diff"] < 1e-3, res["max_abs_logit_diff"]
+    assert res["argmax_agreement"] >= 0.999
+
+
+def test_preprocess_and_argmax_in_graph_equal_the_predictor(tmp_path, images) -> None:
+    name = "lraspp_mobilenetv3_large"
+    model = _model(name)
+    plain = _metadata(name)
+    inner = _metadata(name, preprocess=True, argmax=True)
+    p1 = export_onnx(
+        ExportWrapper(model, plain["mean"], plain["std"]),
+        tmp_path / "a.onnx",
+        input_size=SIZE,
+        metadata=plain,
+    )
+    p2 = export_onnx(
+        ExportWrapper(model, plain["mean"], plain["std"], preprocess=True, argmax=True),
+        tmp_path / "b.onnx",
+        input_size=SIZE,
+        metadata=inner,
+    )
+    graph_in = onnx.load(str(p2)).graph
+    assert graph_in.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert graph_in.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert read_onnx_metadata(p2)["input_kind"] == "uint8"
+    logits_pred, mask_pred = Predictor.from_file(p1), Predictor.from_file(p2)
+    assert mask_pred.info.input_kind == "uint8" and mask_pred.info.output_kind == "mask"
+    odd = np.ascontiguousarray(images[0][:40, :100])
+    for img in [*images, odd]:
+        a, b = logits_pred.predict(img), mask_pred.predict(img)
+        assert a.shape == b.shape == img.shape[:2]
+        assert (a == b).mean() >= 0.999
+    with pytest.raises(ValueError, match="argmax=true"):
+        mask_pred.probabilities(images[0])
+
+
+def test_dynamic_height_and_width(tmp_path, images) -> None:
+    name = "lraspp_mobilenetv3_small"
+    model = _model(name, decoder_params={"pooling": "global"})
+    meta = _metadata(name, dynamic=True)
+    wrapper = ExportWrapper(model, meta["mean"], meta["std"])
+    path = export_onnx(wrapper, tmp_path / "dyn.onnx", input_size=SIZE, metadata=meta, dynamic=True)
+    run = OnnxBackend(path, threads=1).run
+    for size in [(64, 128), (96, 224)]:
+        res = compare(
+            wrapper,
+            run,
+            images,
+            input_size=size,
+            mean=meta["mean"],
+            std=meta["std"],
+            preprocess=False,
+            output_kind="logits",
+        )
+        assert res["max_abs_logit_diff"] < 1e-3 and res["argmax_agreement"] >= 0.999
+    pred = Predictor.from_file(path, input_size=(96, 224))
+    assert pred.probabilities(images[0]).shape == (19, 96, 192)
+
+
+def test_metadata_round_trip(tmp_path) -> None:
+    name = "lraspp_mobilenetv3_small"
+    meta = _metadata(name, preprocess=True, extra={"note": "x"})
+    path = export_onnx(
+        ExportWrapper(_model(name), meta["mean"], meta["std"], preprocess=True),
+        tmp_path / "m.onnx",
+        input_size=SIZE,
+        metadata=meta,
+    )
+    back = read_onnx_metadata(path)
+    assert back == meta
+    raw = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(raw["class_names"])[0] == "road" and json.loads(raw["input_size"]) == [64, 128]
+    assert back["output_kind"] == "logits" and back["input_kind"] == "uint8" and len(back["palette"]) == 19
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    name = "lraspp_mobilenetv3_small"
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    meta = model_metadata(load_group("model", name), input_size=list(SIZE))
+    save_checkpoint(path, {"model": _model(name).state_dict(), **meta})
+    return str(path)
+
+
+def test_export_checkpoint_writes_a_report(checkpoint: str, sample_root, tmp_path) -> None:
+    out = tmp_path / "m.onnx"
+    cfg = load_config(
+        [f"checkpoint={checkpoint}", f"output={out}", f"verify.root={sample_root}", "mobile=torchscript"]
+    )
+    report = export_checkpoint(cfg, log=lambda *_: None)
+    saved = json.loads(report_path(out).read_text())
+    assert saved["verification"] == json.loads(json.dumps(report["verification"]))
+    assert saved["passed"] is True and saved["model_name"] == "lraspp_mobilenetv3_small"
+    ver = saved["verification"]["64x128"]
+    assert ver["images"] == 2 and ver["argmax_agreement"] >= 0.999 and ver["max_abs_logit_diff"] < 1e-3
+    assert saved["onnx"]["bytes"] == out.stat().st_size and saved["onnx"]["input_size"] == [64, 128]
+    assert saved["mobile"]["format"] == "torchscript"
+    assert saved["mobile"]["verification"]["argmax_agreement"] >= 0.999
+    assert Predictor.from_file(saved["mobile"]["path"]).backend == "torchscript"
+
+
+def test_failed_verification_raises_and_reports(checkpoint: str, sample_root, tmp_path) -> None:
+    out = tmp_path / "m.onnx"
+    cfg = load_config(
+        [
+            f"checkpoint={checkpoint}",
+            f"output={out}",
+            f"verify.root={sample_root}",
+            "verify.min_agreement=1.01",
+        ]
+    )
+    with pytest.raises(VerificationError, match="below the required"):
+        export_checkpoint(cfg, log=lambda *_: None)
+    saved = json.loads(report_path(out).read_text())
+    assert saved["passed"] is False and "below the required" in saved["error"]
+
+
+def test_config_errors_name_the_key(checkpoint: str, tmp_path) -> None:
+    with pytest.raises(ValueError, match="no_such_key"):
+        load_config(["no_such_key=1"])
+    with pytest.raises(ValueError, match="dynamic=true is not possible"):
+        export_checkpoint(
+            load_config([f"checkpoint={checkpoint}", f"output={tmp_path / 'x.onnx'}", "dynamic=true"]),
+            log=lambda *_: None,
+        )
+    with pytest.raises(ValueError, match="must end in .onnx"):
+        export_checkpoint(load_config([f"checkpoint={checkpoint}", f"output={tmp_path / 'x.bin'}"]))
+    cfg = load_config(["input_size=[512,1024]", "calibration.images=4", "quantize=int8"])
+    assert (
+        cfg["input_size"] == [512, 1024] and cfg["calibration"]["images"] == 4 and cfg["quantize"] == "int8"
+    )
