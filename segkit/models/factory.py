@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -13,7 +14,12 @@ from segkit.config import load_group
 from segkit.models.decoders.lraspp import LRASPP
 from segkit.models.encoders import build_encoder, is_segkit_encoder, register_smp_encoder
 from segkit.models.smp_archs import SMP_ARCHITECTURES
-from segkit.models.weights import TORCHVISION_WEIGHTS, WeightsUnavailableError, load_encoder_weights
+from segkit.models.weights import (
+    TORCHVISION_WEIGHTS,
+    is_upstream_imagenet,
+    load_encoder_weights,
+    smp_download_errors,
+)
 
 #: every ``arch`` build_model knows: segkit's LR-ASPP and smp's architectures
 ARCHITECTURES = ["lraspp", *sorted(SMP_ARCHITECTURES)]
@@ -54,8 +60,14 @@ def build_model(
     arch_key = arch.lower()
     if arch_key == "lraspp":
         encoder_params.setdefault("output_stride", 16)
-        model: nn.Module = LRASPP(build_encoder(encoder, **encoder_params), num_classes, **decoder_params)
-        load_encoder_weights(model.encoder, encoder, encoder_weights)
+        upstream = is_upstream_imagenet(encoder, encoder_weights)
+        with smp_download_errors(encoder) if upstream else nullcontext():
+            enc = build_encoder(
+                encoder, smp_weights=_smp_weights(encoder) if upstream else None, **encoder_params
+            )
+        model: nn.Module = LRASPP(enc, num_classes, **decoder_params)
+        if not upstream:
+            load_encoder_weights(model.encoder, encoder, encoder_weights)
     elif arch_key in SMP_ARCHITECTURES:
         model = _build_smp(arch_key, encoder, num_classes, encoder_weights, encoder_params, decoder_params)
     else:
@@ -100,25 +112,21 @@ def _build_smp(
     else:
         encoder_key = encoder
         kwargs.update(params)  # smp passes these to timm encoders
-        if encoder_weights is not None and str(encoder_weights).lower() == "imagenet":
-            smp_weights = True if encoder.startswith("tu-") else "imagenet"
-    try:
+        if is_upstream_imagenet(encoder, encoder_weights):
+            smp_weights = _smp_weights(encoder)
+    with smp_download_errors(encoder) if smp_weights is not None else nullcontext():
         model = cls(encoder_name=encoder_key, encoder_weights=smp_weights, classes=num_classes, **kwargs)
-    except (OSError, RuntimeError) as exc:
-        if smp_weights is None:
-            raise
-        raise WeightsUnavailableError(
-            f"encoder_weights='imagenet' for {encoder!r} needs smp/timm's download from the Hugging Face hub "
-            f"(https://huggingface.co), which failed ({type(exc).__name__}: {str(exc)[:300]}). Offline? "
-            f"Fetch the weights on a connected machine and pass a local path: "
-            f"model.encoder_weights=/path/to/file"
-        ) from None
     if smp_weights is None:
         load_encoder_weights(model.encoder, encoder, encoder_weights)
     model.pad_multiple = 2 ** (len(model.encoder.out_channels) - 1)
     if arch == "pan":  # its feature pyramid attention halves the deepest map three more times
         model.pad_multiple = max(model.pad_multiple, 8 * model.encoder.output_stride)
     return model
+
+
+def _smp_weights(encoder: str) -> Any:
+    """smp's spelling of "ImageNet weights": ``True`` for timm-universal encoders, else ``"imagenet"``."""
+    return True if encoder.startswith("tu-") else "imagenet"
 
 
 def create_model(name: str, num_classes: int = 19, **overrides: Any) -> nn.Module:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -55,6 +56,26 @@ def _offline_message(url: str, exc: BaseException) -> str:
         f"and pass its local path instead, e.g. "
         f"model.encoder_weights=/path/to/{Path(urlparse(url).path).name}"
     )
+
+
+def is_upstream_imagenet(encoder_name: str, weights: str | os.PathLike | None) -> bool:
+    """True when an smp/timm encoder should get its ImageNet weights from smp's/timm's own download."""
+    return encoder_name not in TORCHVISION_WEIGHTS and str(weights).lower() == "imagenet"
+
+
+@contextmanager
+def smp_download_errors(encoder_name: str) -> Iterator[None]:
+    """Turn a failed smp/timm (Hugging Face hub) download into a short, actionable error."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"encoder_weights='imagenet' for {encoder_name!r} needs smp's/timm's download from the "
+            f"Hugging Face hub (https://huggingface.co), which failed "
+            f"({type(exc).__name__}: {str(exc)[:300]}). Offline? "
+            f"Fetch the weights on a connected machine and pass a local path: "
+            f"model.encoder_weights=/path/to/file"
+        ) from None
 
 
 def load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str | os.PathLike | None) -> None:

@@ -41,14 +41,19 @@ def register_smp_encoder(name: str, params: dict[str, Any] | None = None) -> str
     return key
 
 
-def build_encoder(name: str, *, depth: int = 5, output_stride: int = 32, **params: Any) -> nn.Module:
-    """A randomly initialised smp-interface encoder: segkit's by name, else smp's/timm's (``tu-...``)."""
+def build_encoder(
+    name: str, *, depth: int = 5, output_stride: int = 32, smp_weights: Any = None, **params: Any
+) -> nn.Module:
+    """An smp-interface encoder: segkit's by name (random init), else smp's/timm's (``tu-...``).
+
+    ``smp_weights`` is passed on to smp's ``get_encoder`` (``"imagenet"``/``True`` download there).
+    """
     if is_segkit_encoder(name):
         cls, fixed = SEGKIT_ENCODERS[name]
         return cls(**fixed, depth=depth, output_stride=output_stride, **params)
     try:
         return smp.encoders.get_encoder(
-            name, depth=depth, output_stride=output_stride, weights=None, **params
+            name, depth=depth, output_stride=output_stride, weights=smp_weights, **params
         )
     except KeyError as exc:
         raise ValueError(

@@ -1,0 +1,107 @@
+"""The model factory: every conf/model file builds and maps any H x W to N x 19 x H x W logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import segkit
+from segkit.config import group_options, load_group
+from segkit.models import ARCHITECTURES, LRASPP, MobileNetV3Encoder, build_model, create_model
+
+MODEL_NAMES = group_options("model")
+# heavy decoders are checked at a smaller odd size to keep the suite fast
+ODD_SIZE = {"lraspp": (250, 333)}
+
+
+def test_expected_configs_exist():
+    for name in [
+        "lraspp_mobilenetv3_large",
+        "lraspp_mobilenetv3_small",
+        "deeplabv3plus_mobilenetv3_large",
+        "deeplabv3_mobilenetv3_large",
+        "fpn_mobilenetv3_large",
+        "unet_mobilenetv3_large",
+        "pan_mobilenetv3_large",
+        "lraspp_resnet18",
+    ]:
+        assert name in MODEL_NAMES
+        cfg = load_group("model", name)
+        assert cfg["_target_"] == "segkit.models.build_model"
+        assert cfg["name"] == name
+        assert cfg["arch"] in ARCHITECTURES
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_config_builds_and_keeps_input_size(name):
+    model = segkit.create_model(name).eval()
+    arch = load_group("model", name)["arch"]
+    odd = ODD_SIZE.get(arch, (97, 131))
+    with torch.no_grad():
+        for size in [(64, 128), odd]:
+            out = model(torch.randn(1, 3, *size))
+            assert out.shape == (1, 19, *size)
+            assert torch.isfinite(out).all()
+    assert model.model_config["name"] == name
+
+
+def test_mobilenetv3_configs_share_the_encoder():
+    for name in ["deeplabv3plus_mobilenetv3_large", "unet_mobilenetv3_large", "lraspp_mobilenetv3_large"]:
+        enc = create_model(name).encoder
+        assert isinstance(enc, MobileNetV3Encoder)
+        assert enc.variant == "large"
+
+
+def test_paper_lraspp_configs():
+    for name, tail in [("lraspp_mobilenetv3_large", 480), ("lraspp_mobilenetv3_small", 288)]:
+        model = create_model(name)
+        assert isinstance(model, LRASPP)
+        assert model.encoder.output_stride == 16
+        assert model.encoder.out_channels[-1] == tail  # reduced tail (RF2)
+        assert model.decoder.out_channels == 128
+        assert type(model.decoder.scale[0]).__name__ == "PaperAvgPool"
+
+
+def test_overrides_merge_into_the_file():
+    model = create_model("lraspp_mobilenetv3_large", num_classes=7, encoder_params={"reduced_tail": False})
+    assert model.encoder.out_channels[-1] == 960
+    assert model.encoder.output_stride == 16  # kept from the file
+    assert model.segmentation_head.low_classifier.out_channels == 7
+    swapped = create_model("lraspp_mobilenetv3_large", encoder="mobilenetv3_small", num_classes=3)
+    assert swapped.encoder.variant == "small"
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError) as info:
+        create_model("lraspp_mobilenetv4")
+    assert "lraspp_mobilenetv3_large" in str(info.value)
+    assert "unet_mobilenetv3_large" in str(info.value)
+    with pytest.raises(ValueError, match="deeplabv3plus"):
+        build_model(arch="segnet", encoder="mobilenetv3_large")
+    with pytest.raises(ValueError, match="unknown encoder 'mobilenetv9'"):
+        build_model(arch="lraspp", encoder="mobilenetv9")
+    with pytest.raises(ValueError, match="output stride 32"):
+        build_model(arch="unet", encoder="mobilenetv3_large", encoder_params={"output_stride": 16})
+
+
+@pytest.mark.parametrize(
+    ("arch", "encoder", "params"),
+    [
+        ("deeplabv3plus", "resnet18", {"output_stride": 16}),
+        ("fpn", "tu-mobilenetv3_large_100", {}),
+        ("deeplabv3", "mobilenetv3_small", {"output_stride": 8, "width_mult": 0.75}),
+    ],
+)
+def test_build_model_with_smp_and_timm_encoders(arch, encoder, params):
+    model = build_model(arch=arch, encoder=encoder, num_classes=4, encoder_params=params).eval()
+    if "output_stride" in params:
+        assert model.encoder.output_stride == params["output_stride"]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 70, 90)).shape == (1, 4, 70, 90)
+
+
+def test_state_dict_round_trip_through_build_model():
+    model = create_model("deeplabv3plus_mobilenetv3_large", num_classes=5)
+    again = build_model(**{k: v for k, v in model.model_config.items()})
+    again.load_state_dict(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
