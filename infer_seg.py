@@ -1,0 +1,40 @@
+"""Segment images, folders, videos, cameras or streams: ``python infer_seg.py checkpoint=... input=...``.
+
+A thin Hydra front end over :func:`segkit.inference.video.run_inference`; settings in conf/infer.yaml.
+Exit status: 0 done, 2 bad input/output/settings (nothing was processed), 130 stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("infer_seg")
+
+
+@hydra.main(config_path="conf", config_name="infer", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from segkit.engine.checkpoint import CheckpointError
+    from segkit.inference.sinks import SinkError
+    from segkit.inference.sources import SourceError
+    from segkit.inference.video import format_summary, run_inference
+
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(settings, dict)
+    try:
+        summary = run_inference(**settings)
+    except (SourceError, SinkError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    print(format_summary(summary))
+    if summary.get("summary_json"):
+        print(f"summary     : {summary['summary_json']}")
+    if summary.get("stop_reason") and "Ctrl-C" in summary["stop_reason"]:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
