@@ -14,7 +14,10 @@ from segkit.config import group_options
 from segkit.models import create_model
 
 
-def _export_and_run(model: torch.nn.Module, x: torch.Tensor, path) -> tuple[np.ndarray, onnx.ModelProto]:
+def _export_and_run(
+    model: torch.nn.Module, x: torch.Tensor, path, dynamic: bool = False
+) -> tuple[np.ndarray, onnx.ModelProto]:
+    axes = {"image": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants: intended
         torch.onnx.export(
@@ -25,6 +28,7 @@ def _export_and_run(model: torch.nn.Module, x: torch.Tensor, path) -> tuple[np.n
             opset_version=17,
             input_names=["image"],
             output_names=["logits"],
+            dynamic_axes=axes,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"image": x.numpy()})[0], onnx.load(str(path))
@@ -59,3 +63,17 @@ def test_paper_pooling_exports_as_a_fixed_pool(tmp_path):
     assert len(pools) == 1
     attrs = {a.name: list(a.ints) for a in pools[0].attribute}
     assert attrs["kernel_shape"] == [4, 6] and attrs["strides"] == [4, 5]
+
+
+def test_padding_is_computed_in_a_dynamic_graph(tmp_path):
+    # exported at a size that needs padding; the graph must pad correctly at other sizes too
+    model = create_model("fpn_mobilenetv3_large", num_classes=3).eval()
+    _, _ = _export_and_run(model, torch.randn(1, 3, 48, 80), tmp_path / "fpn.onnx", dynamic=True)
+    session = ort.InferenceSession(str(tmp_path / "fpn.onnx"), providers=["CPUExecutionProvider"])
+    for size in [(70, 100), (64, 96)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == (1, 3, *size)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -19,15 +19,16 @@ class PadToMultiple:
     pad_multiple: int = 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]
         m = int(self.pad_multiple)
-        pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        out = super().forward(x)  # type: ignore[misc]
-        if pad_h or pad_w:
-            out = out[..., :h, :w]
-        return out
+        pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
+        # Traced (ONNX export), the sizes are tensors: at a multiple of the stride nothing is added, so a
+        # fixed-size graph keeps static shapes; otherwise the pad/crop amounts are computed in the graph,
+        # so an export with dynamic height/width pads correctly at every size, not just the export size.
+        if bool(pad_h == 0) and bool(pad_w == 0):
+            return super().forward(x)  # type: ignore[misc]
+        out = super().forward(F.pad(x, [0, pad_w, 0, pad_h]))  # type: ignore[misc]
+        return out[..., :h, :w]
 
 
 #: lower-case arch name -> padded smp model class
