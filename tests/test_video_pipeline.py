@@ -218,8 +218,9 @@ def test_side_by_side_and_color_videos(tmp_path: Path, car_predictor: Predictor)
     assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(got, reference)) < 3.0
 
 
+@pytest.mark.parametrize(("batch_size", "mask_step"), [(1, "writer thread"), (2, "model step")])
 def test_folder_to_images_keeps_names_and_masks_match_predict(
-    tmp_path: Path, sample_root: Path, predictor: Predictor
+    tmp_path: Path, sample_root: Path, predictor: Predictor, batch_size: int, mask_step: str
 ) -> None:
     val = sample_root / "leftImg8bit" / "val"
     inputs = sorted(val.rglob("*.png"))
@@ -229,16 +230,18 @@ def test_folder_to_images_keeps_names_and_masks_match_predict(
         str(tmp_path / "masks"),
         save="mask",
         predictor=predictor,
-        batch_size=2,
+        batch_size=batch_size,
         progress=False,
     )
     written = sorted(p.relative_to(tmp_path / "masks") for p in (tmp_path / "masks").rglob("*.png"))
     assert written == sorted(p.relative_to(val) for p in inputs)
-    assert summary["frames"] == len(inputs) and summary["model_calls"] == (len(inputs) + 1) // 2
+    assert summary["frames"] == len(inputs) and summary["model_calls"] == -(-len(inputs) // batch_size)
+    assert summary["mask_step"] == mask_step
     for path in inputs:
         mask = cv2.imread(str(tmp_path / "masks" / path.relative_to(val)), cv2.IMREAD_UNCHANGED)
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(mask, predictor.predict(rgb))
+        assert len(np.unique(mask)) > 1  # a varied prediction, so the comparison means something
 
 
 def test_label_ids_are_official_ids_under_benchmark_names(

@@ -43,6 +43,15 @@ class PredictorLike(Protocol):
     def mask_from_probabilities(self, probs: np.ndarray, size: tuple[int, int]) -> np.ndarray: ...
 
 
+def _logits_fn(predictor: Any) -> Any:
+    """The predictor's ``logits`` method when it returns scores (not an in-graph argmax mask), else None."""
+    fn = getattr(predictor, "logits", None)
+    info = getattr(predictor, "info", None)
+    if fn is None or info is None or getattr(info, "output_kind", None) != "logits":
+        return None
+    return fn
+
+
 def gui_available() -> tuple[bool, str]:
     """Whether ``show=true`` can open a window here, and if not, why (headless OpenCV, no display)."""
     import cv2
@@ -129,7 +138,8 @@ def process_frames(
     """Run ``predictor`` over every frame of ``source`` into ``sink``; return the run's summary dict.
 
     Keys: frames (written), total_frames, batch_size, model_calls, latency_ms_mean / latency_ms_p95 (one
-    model step = one batch), model_fps, fps (end to end), wall_s, stopped_early, stop_reason, skipped.
+    model step = one batch), model_fps, fps (end to end), wall_s, stopped_early, stop_reason, skipped,
+    mask_step (where scores become the mask: in the model step, or overlapped in the writer thread).
     Predictor or sink errors are raised after the clean shutdown; Ctrl-C is not raised, it is reported.
     """
     if batch_size < 1:
@@ -154,8 +164,12 @@ def process_frames(
             show_note = f"show=true ignored: {why}"
             log.warning(show_note)
 
+    # With one frame per call, the network runs here and the scores -> mask step (upsampling + argmax,
+    # as costly as a small network at 512x1024) runs in the writer thread, overlapping the next frame.
+    logits_fn = _logits_fn(predictor) if smoother is None and batch_size == 1 else None
     in_q: queue.Queue = queue.Queue(maxsize=queue_size)
-    out_q: queue.Queue = queue.Queue(maxsize=queue_size)
+    # score maps are C x h x w float32 (40 MB at 19 x 512 x 1024): keep few of them in flight
+    out_q: queue.Queue = queue.Queue(maxsize=min(queue_size, 2) if logits_fn is not None else queue_size)
     stop_reading = threading.Event()
     writer_gone = threading.Event()
     errors: dict[str, BaseException] = {}
@@ -182,6 +196,8 @@ def process_frames(
                 if item is _END:
                     return
                 frame, mask = item
+                if logits_fn is not None:
+                    mask = predictor.mask_from_probabilities(mask, frame.rgb.shape[:2])
                 image = sink.write(frame, mask)
                 if window is not None:
                     window.offer(image)
@@ -227,6 +243,8 @@ def process_frames(
                 for frame in batch:
                     probs = smoother(predictor.probabilities(frame.rgb))
                     masks.append(predictor.mask_from_probabilities(probs, frame.rgb.shape[:2]))
+            elif logits_fn is not None:
+                masks = [logits_fn(batch[0].rgb)]  # scores; the writer makes the mask
             else:
                 masks = list(predictor.predict_batch([frame.rgb for frame in batch]))
             latencies.append(time.perf_counter() - t0)
@@ -289,6 +307,7 @@ def process_frames(
         "stopped_early": stop_reason is not None,
         "stop_reason": stop_reason,
         "smoothing": repr(smoother) if smoother is not None else None,
+        "mask_step": "writer thread" if logits_fn is not None else "model step",
     }
     if show_note:
         summary["show"] = show_note
