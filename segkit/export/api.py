@@ -241,6 +241,7 @@ def _quantize(
         calibrate_method=q["calibrate_method"],
         op_types_to_quantize=q.get("op_types") or None,
         extra_options=dict(q.get("extra_options") or {}),
+        optimize_before=bool(q.get("optimize_before", True)),
     )
     threads = cfg.get("threads")
     fp32 = Predictor.from_file(output, threads=threads, input_size=size)

@@ -8,6 +8,7 @@ between a DequantizeLinear and a QuantizeLinear; :func:`fp32_operators` lists th
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections import Counter
@@ -76,6 +77,7 @@ def quantize_int8(
     calibrate_method: str = "minmax",
     op_types_to_quantize: Sequence[str] | None = None,
     extra_options: Mapping[str, Any] | None = None,
+    optimize_before: bool = True,
 ) -> Path:
     """Quantize ``fp32_path`` to ``output`` (one file) after ``quant_pre_process``.
 
@@ -96,9 +98,9 @@ def quantize_int8(
     }
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     for key, value, allowed in (
-        ("quantize.format", quant_format, formats),
-        ("quantize.calibrate_method", calibrate_method, methods),
-        ("quantize.activation_type", activation_type, types),
+        ("quantization.format", quant_format, formats),
+        ("quantization.calibrate_method", calibrate_method, methods),
+        ("quantization.activation_type", activation_type, types),
     ):
         if value not in allowed:
             raise ValueError(f"{key}={value!r} is not one of {sorted(allowed)}")
@@ -108,20 +110,26 @@ def quantize_int8(
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=not optimize_before)
         raw = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(raw),
-            _as_reader(input_name, calibration_batches),
-            quant_format=formats[quant_format],
-            op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
-            per_channel=per_channel,
-            activation_type=types[activation_type],
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[calibrate_method],
-            extra_options=dict(extra_options or {}),
-        )
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(logging.ERROR)  # one warning per int64 shape tensor otherwise
+        try:
+            quantize_static(
+                str(prepared),
+                str(raw),
+                _as_reader(input_name, calibration_batches),
+                quant_format=formats[quant_format],
+                op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
+                per_channel=per_channel,
+                activation_type=types[activation_type],
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[calibrate_method],
+                extra_options=dict(extra_options or {}),
+            )
+        finally:
+            root_logger.setLevel(level)
         model = onnx.load(str(raw))
         if metadata is not None:
             set_onnx_metadata(model, metadata)

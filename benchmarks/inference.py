@@ -1,0 +1,275 @@
+"""CPU inference benchmark: torchvision eager vs segkit eager vs onnxruntime fp32/int8, side by side.
+
+    python benchmarks/inference.py [--threads 2] [--sizes 512x1024,1024x2048] [--iters 8] [--json out.json]
+
+Batch 1, random weights (speed does not depend on them), network only (no resize/argmax around it).
+Rows: torchvision's ``lraspp_mobilenet_v3_large`` eager; segkit's model of the same architecture
+(``from_torchvision_lraspp``) eager, as ONNX fp32 and as int8 (QDQ, per-channel, calibrated on a
+generated sample); then the paper configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling)
+as ONNX fp32 and int8. At the first size, int8 variants of the torchvision-architecture model show
+what the quantization options change. Each row gives ms/frame (median), the ratio to the reference
+row, the file size, MAdds and the distance from the compute floor (2 x MAdds / peak fp32 FLOP/s, the
+peak measured as a large fp32 matmul on the same threads). Prints a table and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import segkit
+from segkit.data import CityscapesDataset
+from segkit.data.sample import generate_sample
+from segkit.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from segkit.export.metadata import build_metadata
+from segkit.export.onnx import ExportWrapper, export_onnx
+from segkit.export.quantize import fp32_operators, quantize_int8
+from segkit.export.verify import model_input
+from segkit.models import from_torchvision_lraspp
+from segkit.models.summary import count_madds
+
+TV_ARCH = "segkit (torchvision arch)"
+
+
+def peak_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul on ``threads`` threads: the practical compute ceiling."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def timeit(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"ms": statistics.median(times), "min_ms": min(times), "runs": iters}
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def op_profile(path: Path, threads: int, feed: np.ndarray, runs: int = 3) -> dict[str, float]:
+    """Milliseconds per run spent in each operator type (onnxruntime's profiler), largest first."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {"image": feed})
+    for _ in range(runs):
+        sess.run(None, {"image": feed})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    total: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            total[op] = total.get(op, 0.0) + e["dur"] / 1e3 / (runs + 1)
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def metadata(name: str, size: tuple[int, int]) -> dict:
+    from segkit import labels
+
+    return build_metadata(
+        model_name=name, class_names=labels.CLASS_NAMES, palette=labels.PALETTE, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, input_size=size, dynamic=False, preprocess=False, argmax=False,
+    )  # fmt: skip
+
+
+class Bench:
+    """Collects rows; every timing goes through :meth:`row` so the table and the JSON agree."""
+
+    def __init__(self, peak: float, threads: int, tmp: Path) -> None:
+        self.peak, self.threads, self.tmp = peak, threads, tmp
+        self.rows: list[dict[str, Any]] = []
+
+    def row(self, size, model, runtime, fn, *, warm, iters, madds, path=None, ref=None, **extra) -> dict:
+        stats = timeit(fn, warm, iters)
+        floor_ms = 2 * madds / (self.peak * 1e9) * 1e3
+        row = {
+            "size": f"{size[0]}x{size[1]}", "model": model, "runtime": runtime, **stats,
+            "madds_g": madds / 1e9, "floor_ms": floor_ms, "x_floor": stats["min_ms"] / floor_ms,
+            "file_mb": path.stat().st_size / 1e6 if path else None, **extra,
+        }  # fmt: skip
+        if ref is not None:
+            row["ref"] = ref["runtime"]
+            row["speedup"] = ref["min_ms"] / stats["min_ms"]
+            row["speedup_median"] = ref["ms"] / stats["ms"]
+        self.rows.append(row)
+        speed = f"{row['speedup']:.2f}x vs {row['ref']}" if ref is not None else ""
+        size_txt = f"{row['file_mb']:.1f} MB" if path else "-"
+        print(f"{row['size']:>9}  {model:<38} {runtime:<28} {stats['min_ms']:8.1f} {stats['ms']:8.1f}  "
+              f"{size_txt:>8}  {row['x_floor']:5.1f}x  {speed}", flush=True)  # fmt: skip
+        return row
+
+    def ort_row(self, size, model, runtime, path, feed, **kw) -> dict:
+        sess = ort_session(path, self.threads)
+        return self.row(size, model, runtime, lambda: sess.run(None, {"image": feed}), path=path, **kw)
+
+    def onnx_pair(
+        self, name, model, size, feed, batches, *, madds, warm, iters, ref=None
+    ) -> tuple[Path, dict]:
+        """Export ``model`` at ``size``, quantize it, and time both; returns the fp32 path and row."""
+        stem = self.tmp / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_{size[0]}x{size[1]}"
+        wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
+        fp32 = export_onnx(wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=metadata(name, size))
+        f_row = self.ort_row(size, name, "onnxruntime fp32", fp32, feed, madds=madds, warm=warm, iters=iters,
+                             ref=ref)  # fmt: skip
+        int8 = quantize_int8(fp32, stem.with_suffix(".int8.onnx"), batches)
+        self.ort_row(size, name, "onnxruntime int8", int8, feed, madds=madds, warm=warm, iters=iters,
+                     ref=f_row, calibration_images=len(batches),
+                     size_ratio=int8.stat().st_size / fp32.stat().st_size,
+                     fp32_ops={k: v["count"] for k, v in fp32_operators(int8).items()})  # fmt: skip
+        return fp32, f_row
+
+    def find(self, size: str, model: str, runtime: str) -> dict:
+        return next(r for r in self.rows if (r["size"], r["model"], r["runtime"]) == (size, model, runtime))
+
+
+#: int8 options tried on the torchvision-architecture model at the first size.
+VARIANTS = {
+    "int8 qoperator": dict(quant_format="qoperator"),
+    "int8 activations int8 (S8S8)": dict(activation_type="int8"),
+    "int8 Conv only": dict(op_types_to_quantize=["Conv"]),
+    "int8 symmetric activations": dict(extra_options={"ActivationSymmetric": True}),
+    "int8 HardSwish kept one op": dict(optimize_before=False),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sizes", default="512x1024,1024x2048")
+    p.add_argument(
+        "--iters", type=int, default=8, help="timed runs at the first size (fewer at larger sizes)"
+    )
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--calibration-images", type=int, default=8)
+    p.add_argument("--no-variants", action="store_true", help="skip the int8 option variants")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    peak = peak_gflops(a.threads)
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs visible, {a.threads} threads; "
+          f"torch {torch.__version__}; peak fp32 matmul {peak:.1f} GFLOP/s")  # fmt: skip
+    print("# columns: best-of-N and median ms/frame, file, best / compute floor (2 x MAdds / peak); "
+          "ratios use the best time (least disturbed by other processes)")  # fmt: skip
+
+    import torchvision
+
+    tv = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=19
+    ).eval()
+    same = from_torchvision_lraspp(tv.state_dict()).eval()
+    paper = {
+        n: segkit.create_model(n, num_classes=19).eval()
+        for n in ("lraspp_mobilenetv3_large", "lraspp_mobilenetv3_small")
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="segkit-bench-"))
+    sample = generate_sample(
+        tmp / "sample", train=a.calibration_images, val=0, height=512, width=1024, seed=0
+    )
+    ds = CityscapesDataset(sample, "train", verbose=False)
+    calib_rgb = [ds.load(i)[0] for i in range(len(ds))]
+    bench = Bench(peak, a.threads, tmp)
+    profile: dict[str, dict[str, float]] = {}
+
+    for si, size in enumerate(sizes):
+        run = {"iters": a.iters if si == 0 else max(2, a.iters // 3), "warm": a.warmup if si == 0 else 1}
+        x = torch.from_numpy(model_input(calib_rgb[0], size, IMAGENET_MEAN, IMAGENET_STD, False)[0])
+        feed = x.numpy()
+        # onnxruntime's calibrator keeps every activation of every image in memory (and its
+        # CalibMaxIntermediateOutputs option drops data), so larger sizes calibrate on fewer images.
+        n_calib = len(calib_rgb) if si == 0 else min(len(calib_rgb), 2)
+        batches = [
+            model_input(rgb, size, IMAGENET_MEAN, IMAGENET_STD, False)[0] for rgb in calib_rgb[:n_calib]
+        ]
+        madds_tv = count_madds(copy.deepcopy(same), size)["total"]
+        with torch.inference_mode():
+            tv_row = bench.row(size, "torchvision lraspp_mobilenet_v3_large", "torch eager fp32",
+                               lambda m=tv, t=x: m(t), madds=madds_tv, **run)  # fmt: skip
+            bench.row(
+                size, TV_ARCH, "torch eager fp32", lambda m=same, t=x: m(t), madds=madds_tv, ref=tv_row, **run
+            )
+        fp32_tv, f_tv = bench.onnx_pair(TV_ARCH, same, size, feed, batches, madds=madds_tv, ref=tv_row, **run)
+        if si == 0 and not a.no_variants:
+            for label, kw in VARIANTS.items():
+                path = quantize_int8(fp32_tv, tmp / f"variant_{len(bench.rows)}.onnx", batches, **kw)
+                ops = {k: v["count"] for k, v in fp32_operators(path).items()}
+                bench.ort_row(size, TV_ARCH, label, path, feed, madds=madds_tv, ref=f_tv, fp32_ops=ops, **run)
+        if si == 0:
+            for label, path in (
+                ("onnxruntime fp32", fp32_tv),
+                ("onnxruntime int8", fp32_tv.with_suffix(".int8.onnx")),
+            ):
+                profile[label] = op_profile(path, a.threads, feed)
+                top = ", ".join(f"{k} {v:.1f}" for k, v in list(profile[label].items())[:8])
+                print(f"# where the time goes, {TV_ARCH} {label} @ {size[0]}x{size[1]} (ms/run by op): {top}")
+        for name, model in paper.items():
+            madds = count_madds(copy.deepcopy(model), size)["total"]
+            bench.onnx_pair(name, model, size, feed, batches, madds=madds, **run)
+
+    targets = {}
+    for size in sizes:
+        s = f"{size[0]}x{size[1]}"
+        f32, i8 = bench.find(s, TV_ARCH, "onnxruntime fp32"), bench.find(s, TV_ARCH, "onnxruntime int8")
+        targets[s] = {
+            "ort_fp32_vs_torchvision_eager": f32["speedup"],
+            "ort_fp32_target_2.5x_met": f32["speedup"] >= 2.5,
+            "int8_vs_ort_fp32": i8["speedup"],
+            "int8_target_1.5x_met": i8["speedup"] >= 1.5,
+            "int8_file_ratio": i8["size_ratio"],
+            "int8_file_target_30pct_met": i8["size_ratio"] <= 0.30,
+        }
+        text = ", ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in targets[s].items()
+        )
+        print(f"targets @ {s}: {text}")
+    result = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": platform.machine(),
+        "cpus_visible": os.cpu_count(), "threads": a.threads, "peak_fp32_gflops": peak,
+        "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+        "rows": bench.rows, "targets": targets, "op_profile_ms": profile,
+    }  # fmt: skip
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
