@@ -71,6 +71,16 @@ def test_overrides_merge_into_the_file():
     assert swapped.encoder.variant == "small"
 
 
+def test_switching_to_another_encoder_drops_mobilenetv3_params():
+    with pytest.warns(
+        UserWarning, match=r"\['reduced_tail', 'taps', 'width_mult'\] apply to segkit's MobileNetV3"
+    ):
+        model = create_model("lraspp_mobilenetv3_large", encoder="tu-mobilenetv3_small_100", num_classes=2)
+    assert model.encoder.output_stride == 16
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 48, 64)).shape == (1, 2, 48, 64)
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError) as info:
         create_model("lraspp_mobilenetv4")

@@ -12,7 +12,7 @@ from torch import nn
 
 from segkit.config import load_group
 from segkit.models.decoders.lraspp import LRASPP
-from segkit.models.encoders import build_encoder, is_segkit_encoder, register_smp_encoder
+from segkit.models.encoders import build_encoder, check_encoder, is_segkit_encoder, register_smp_encoder
 from segkit.models.smp_archs import SMP_ARCHITECTURES
 from segkit.models.weights import (
     TORCHVISION_WEIGHTS,
@@ -55,7 +55,7 @@ def build_model(
             ``low_level_stage``, ``pooling``, ``pool_kernel``, ``pool_stride``; smp: its ``decoder_*``).
         name: the config's name, kept in ``model.model_config``.
     """
-    encoder_params = dict(_plain(encoder_params) or {})
+    encoder_params = check_encoder(encoder, dict(_plain(encoder_params) or {}))
     decoder_params = dict(_plain(decoder_params) or {})
     arch_key = arch.lower()
     if arch_key == "lraspp":

@@ -72,6 +72,7 @@ def summarize(
     """Params and MAdds of ``conf/model/<model_name>.yaml`` (built on the meta device) at ``input_size``."""
     from segkit.models import create_model
 
+    overrides["encoder_weights"] = None  # counts do not depend on weights; never download for them
     with torch.device("meta"):
         model = create_model(model_name, **overrides)
     madds = count_madds(model, input_size)

@@ -7,6 +7,7 @@ MobileNetV3. smp builds a registered encoder from a fixed parameter dict plus ``
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -41,6 +42,32 @@ def register_smp_encoder(name: str, params: dict[str, Any] | None = None) -> str
     return key
 
 
+#: encoder_params that only segkit's MobileNetV3 understands
+MOBILENETV3_ONLY_PARAMS = ("width_mult", "reduced_tail", "taps")
+
+
+def check_encoder(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate an encoder name; return ``params`` without MobileNetV3-only keys for other encoders.
+
+    Switching ``model.encoder=resnet18`` on a MobileNetV3 config leaves ``width_mult`` & co. behind; they
+    are dropped with a warning instead of reaching smp/timm as unknown arguments.
+    """
+    if is_segkit_encoder(name):
+        return params
+    if not name.startswith("tu-") and name not in smp.encoders.encoders:
+        raise ValueError(
+            f"unknown encoder {name!r}: use one of {sorted(SEGKIT_ENCODERS)}, an smp encoder "
+            f"(e.g. resnet18, efficientnet-b0) or a timm one as 'tu-<timm name>'"
+        )
+    dropped = sorted(k for k in params if k in MOBILENETV3_ONLY_PARAMS)
+    if dropped:
+        warnings.warn(
+            f"encoder_params {dropped} apply to segkit's MobileNetV3 only; ignored for encoder {name!r}",
+            stacklevel=3,
+        )
+    return {k: v for k, v in params.items() if k not in MOBILENETV3_ONLY_PARAMS}
+
+
 def build_encoder(
     name: str, *, depth: int = 5, output_stride: int = 32, smp_weights: Any = None, **params: Any
 ) -> nn.Module:
@@ -51,15 +78,10 @@ def build_encoder(
     if is_segkit_encoder(name):
         cls, fixed = SEGKIT_ENCODERS[name]
         return cls(**fixed, depth=depth, output_stride=output_stride, **params)
-    try:
-        return smp.encoders.get_encoder(
-            name, depth=depth, output_stride=output_stride, weights=smp_weights, **params
-        )
-    except KeyError as exc:
-        raise ValueError(
-            f"unknown encoder {name!r}: use one of {sorted(SEGKIT_ENCODERS)}, an smp encoder "
-            f"(e.g. resnet18) or a timm one as 'tu-<timm name>' ({exc.args[0][:200]}...)"
-        ) from None
+    params = check_encoder(name, params)
+    return smp.encoders.get_encoder(
+        name, depth=depth, output_stride=output_stride, weights=smp_weights, **params
+    )
 
 
 for _name in SEGKIT_ENCODERS:
@@ -69,6 +91,7 @@ __all__ = [
     "SEGKIT_ENCODERS",
     "MobileNetV3Encoder",
     "build_encoder",
+    "check_encoder",
     "is_segkit_encoder",
     "register_smp_encoder",
 ]
