@@ -115,3 +115,15 @@ def test_state_dict_round_trip_through_build_model():
     again = build_model(**{k: v for k, v in model.model_config.items()})
     again.load_state_dict(model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_hydra_instantiate_builds_the_same_model():
+    from hydra.utils import instantiate
+
+    cfg = load_group("model", "lraspp_mobilenetv3_small")
+    cfg.encoder_params.width_mult = 0.75  # as `model.encoder_params.width_mult=0.75` on the command line
+    model = instantiate(cfg)
+    assert isinstance(model, LRASPP)
+    assert model.encoder.width_mult == 0.75
+    assert model.decoder.scale[0].kernel_size == (49, 49)
+    assert model.model_config["decoder_params"]["pool_stride"] == [16, 20]
