@@ -2,7 +2,8 @@
 
     python benchmarks/inference.py [--threads 2] [--sizes 512x1024,1024x2048] [--iters 8] [--json out.json]
 
-Batch 1, random weights (speed does not depend on them), network only (no resize/argmax around it).
+Batch 1, random weights (speed does not depend on them; denormals are flushed to zero in every runtime,
+as trained weights do not produce them), network only (no resize/argmax around it).
 Rows: torchvision's ``lraspp_mobilenet_v3_large`` eager; segkit's model of the same architecture
 (``from_torchvision_lraspp``) eager, as ONNX fp32 and as int8 (QDQ, per-channel, calibrated on a
 generated sample); then the paper configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling)
@@ -75,6 +76,9 @@ def ort_session(path: Path, threads: int) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle onnxruntime threads otherwise spin for a while after each run and slow the next case down
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")  # as torch below, see main()
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -109,50 +113,72 @@ def metadata(name: str, size: tuple[int, int]) -> dict:
 
 
 class Bench:
-    """Collects rows; every timing goes through :meth:`row` so the table and the JSON agree."""
+    """Collects timing cases per size, times them round-robin, and keeps the rows of the table.
+
+    Round-robin (every case once per round, several rounds) spreads disturbances from other processes
+    over all cases alike; the best time of each case is the least disturbed one.
+    """
 
     def __init__(self, peak: float, threads: int, tmp: Path) -> None:
         self.peak, self.threads, self.tmp = peak, threads, tmp
         self.rows: list[dict[str, Any]] = []
+        self.cases: list[dict[str, Any]] = []
 
-    def row(self, size, model, runtime, fn, *, warm, iters, madds, path=None, ref=None, **extra) -> dict:
-        stats = timeit(fn, warm, iters)
-        floor_ms = 2 * madds / (self.peak * 1e9) * 1e3
-        row = {
-            "size": f"{size[0]}x{size[1]}", "model": model, "runtime": runtime, **stats,
-            "madds_g": madds / 1e9, "floor_ms": floor_ms, "x_floor": stats["min_ms"] / floor_ms,
-            "file_mb": path.stat().st_size / 1e6 if path else None, **extra,
-        }  # fmt: skip
-        if ref is not None:
-            row["ref"] = ref["runtime"]
-            row["speedup"] = ref["min_ms"] / stats["min_ms"]
-            row["speedup_median"] = ref["ms"] / stats["ms"]
-        self.rows.append(row)
-        speed = f"{row['speedup']:.2f}x vs {row['ref']}" if ref is not None else ""
-        size_txt = f"{row['file_mb']:.1f} MB" if path else "-"
-        print(f"{row['size']:>9}  {model:<38} {runtime:<28} {stats['min_ms']:8.1f} {stats['ms']:8.1f}  "
-              f"{size_txt:>8}  {row['x_floor']:5.1f}x  {speed}", flush=True)  # fmt: skip
-        return row
+    def case(self, size, model, runtime, fn, *, madds, path=None, ref=None, **extra) -> dict:
+        """Register ``fn`` (one batch-1 forward pass); ``ref`` is another case to compare against."""
+        c = {"size": size, "model": model, "runtime": runtime, "fn": fn, "madds": madds, "path": path,
+             "ref": ref, "extra": extra}  # fmt: skip
+        self.cases.append(c)
+        return c
 
-    def ort_row(self, size, model, runtime, path, feed, **kw) -> dict:
+    def ort_case(self, size, model, runtime, path, feed, **kw) -> dict:
         sess = ort_session(path, self.threads)
-        return self.row(size, model, runtime, lambda: sess.run(None, {"image": feed}), path=path, **kw)
+        return self.case(size, model, runtime, lambda: sess.run(None, {"image": feed}), path=path, **kw)
 
-    def onnx_pair(
-        self, name, model, size, feed, batches, *, madds, warm, iters, ref=None
-    ) -> tuple[Path, dict]:
-        """Export ``model`` at ``size``, quantize it, and time both; returns the fp32 path and row."""
+    def onnx_pair(self, name, model, size, feed, batches, *, madds, ref=None) -> tuple[Path, dict]:
+        """Export ``model`` at ``size`` and quantize it; registers both; returns the fp32 path and case."""
         stem = self.tmp / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_{size[0]}x{size[1]}"
         wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
         fp32 = export_onnx(wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=metadata(name, size))
-        f_row = self.ort_row(size, name, "onnxruntime fp32", fp32, feed, madds=madds, warm=warm, iters=iters,
-                             ref=ref)  # fmt: skip
+        f_case = self.ort_case(size, name, "onnxruntime fp32", fp32, feed, madds=madds, ref=ref)
         int8 = quantize_int8(fp32, stem.with_suffix(".int8.onnx"), batches)
-        self.ort_row(size, name, "onnxruntime int8", int8, feed, madds=madds, warm=warm, iters=iters,
-                     ref=f_row, calibration_images=len(batches),
-                     size_ratio=int8.stat().st_size / fp32.stat().st_size,
-                     fp32_ops={k: v["count"] for k, v in fp32_operators(int8).items()})  # fmt: skip
-        return fp32, f_row
+        self.ort_case(size, name, "onnxruntime int8", int8, feed, madds=madds, ref=f_case,
+                      calibration_images=len(batches), size_ratio=int8.stat().st_size / fp32.stat().st_size,
+                      fp32_ops={k: v["count"] for k, v in fp32_operators(int8).items()})  # fmt: skip
+        return fp32, f_case
+
+    def measure(self, warm: int, iters: int) -> None:
+        """Time the registered cases round-robin, print their rows, and clear them."""
+        for c in self.cases:
+            for _ in range(warm):
+                c["fn"]()
+            c["times"] = []
+        for _ in range(iters):
+            for c in self.cases:
+                t = time.perf_counter()
+                c["fn"]()
+                c["times"].append((time.perf_counter() - t) * 1e3)
+        for c in self.cases:
+            best, median = min(c["times"]), statistics.median(c["times"])
+            c["best"], c["median"] = best, median
+            floor_ms = 2 * c["madds"] / (self.peak * 1e9) * 1e3
+            size, path = c["size"], c["path"]
+            row = {
+                "size": f"{size[0]}x{size[1]}", "model": c["model"], "runtime": c["runtime"], "min_ms": best,
+                "ms": median, "runs": iters, "madds_g": c["madds"] / 1e9, "floor_ms": floor_ms,
+                "x_floor": best / floor_ms, "file_mb": path.stat().st_size / 1e6 if path else None,
+                **c["extra"],
+            }  # fmt: skip
+            ref = c["ref"]
+            if ref is not None:
+                row["ref"] = f"{ref['model']} {ref['runtime']}"
+                row["speedup"], row["speedup_median"] = ref["best"] / best, ref["median"] / median
+            self.rows.append(row)
+            speed = f"{row['speedup']:.2f}x vs {ref['runtime']}" if ref is not None else ""
+            size_txt = f"{row['file_mb']:.1f} MB" if path else "-"
+            print(f"{row['size']:>10}  {c['model']:<38} {c['runtime']:<28} {best:8.1f} {median:8.1f}  "
+                  f"{size_txt:>8}  {row['x_floor']:5.1f}x  {speed}", flush=True)  # fmt: skip
+        self.cases = []
 
     def find(self, size: str, model: str, runtime: str) -> dict:
         return next(r for r in self.rows if (r["size"], r["model"], r["runtime"]) == (size, model, runtime))
@@ -182,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
     torch.set_num_threads(a.threads)
+    # Random-init weights shrink activations layer by layer into denormal floats, which x86 computes
+    # 10x slower; trained weights do not. Flush them to zero in torch and onnxruntime alike.
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     peak = peak_gflops(a.threads)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs visible, {a.threads} threads; "
@@ -209,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     profile: dict[str, dict[str, float]] = {}
 
     for si, size in enumerate(sizes):
-        run = {"iters": a.iters if si == 0 else max(2, a.iters // 3), "warm": a.warmup if si == 0 else 1}
         x = torch.from_numpy(model_input(calib_rgb[0], size, IMAGENET_MEAN, IMAGENET_STD, False)[0])
         feed = x.numpy()
         # onnxruntime's calibrator keeps every activation of every image in memory (and its
@@ -219,18 +247,27 @@ def main(argv: list[str] | None = None) -> int:
             model_input(rgb, size, IMAGENET_MEAN, IMAGENET_STD, False)[0] for rgb in calib_rgb[:n_calib]
         ]
         madds_tv = count_madds(copy.deepcopy(same), size)["total"]
-        with torch.inference_mode():
-            tv_row = bench.row(size, "torchvision lraspp_mobilenet_v3_large", "torch eager fp32",
-                               lambda m=tv, t=x: m(t), madds=madds_tv, **run)  # fmt: skip
-            bench.row(
-                size, TV_ARCH, "torch eager fp32", lambda m=same, t=x: m(t), madds=madds_tv, ref=tv_row, **run
-            )
-        fp32_tv, f_tv = bench.onnx_pair(TV_ARCH, same, size, feed, batches, madds=madds_tv, ref=tv_row, **run)
+
+        def eager(model: torch.nn.Module, t: torch.Tensor = x) -> Callable[[], Any]:
+            def fn() -> Any:
+                with torch.inference_mode():
+                    return model(t)
+
+            return fn
+
+        tv_case = bench.case(size, "torchvision lraspp_mobilenet_v3_large", "torch eager fp32", eager(tv),
+                             madds=madds_tv)  # fmt: skip
+        bench.case(size, TV_ARCH, "torch eager fp32", eager(same), madds=madds_tv, ref=tv_case)
+        fp32_tv, f_tv = bench.onnx_pair(TV_ARCH, same, size, feed, batches, madds=madds_tv, ref=tv_case)
         if si == 0 and not a.no_variants:
             for label, kw in VARIANTS.items():
-                path = quantize_int8(fp32_tv, tmp / f"variant_{len(bench.rows)}.onnx", batches, **kw)
+                path = quantize_int8(fp32_tv, tmp / f"variant_{len(bench.cases)}.onnx", batches, **kw)
                 ops = {k: v["count"] for k, v in fp32_operators(path).items()}
-                bench.ort_row(size, TV_ARCH, label, path, feed, madds=madds_tv, ref=f_tv, fp32_ops=ops, **run)
+                bench.ort_case(size, TV_ARCH, label, path, feed, madds=madds_tv, ref=f_tv, fp32_ops=ops)
+        for name, model in paper.items():
+            madds = count_madds(copy.deepcopy(model), size)["total"]
+            bench.onnx_pair(name, model, size, feed, batches, madds=madds)
+        bench.measure(warm=a.warmup if si == 0 else 1, iters=a.iters if si == 0 else max(3, a.iters // 2))
         if si == 0:
             for label, path in (
                 ("onnxruntime fp32", fp32_tv),
@@ -239,9 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                 profile[label] = op_profile(path, a.threads, feed)
                 top = ", ".join(f"{k} {v:.1f}" for k, v in list(profile[label].items())[:8])
                 print(f"# where the time goes, {TV_ARCH} {label} @ {size[0]}x{size[1]} (ms/run by op): {top}")
-        for name, model in paper.items():
-            madds = count_madds(copy.deepcopy(model), size)["total"]
-            bench.onnx_pair(name, model, size, feed, batches, madds=madds, **run)
 
     targets = {}
     for size in sizes:
