@@ -496,3 +496,23 @@ def test_bad_inputs_fail_before_the_model_is_loaded(tmp_path: Path) -> None:
         run_inference(str(not_a_model), str(tmp_path / "in.mp4"), str(tmp_path / "o.mp4"), save="heatmap")
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o").exists()
     assert open_source(str(tmp_path / "in.mp4")).total == 2  # the file itself was fine
+
+
+def test_progress_bar_shows_done_of_total_and_rate(
+    tmp_path: Path, predictor: Predictor, capsys: pytest.CaptureFixture
+) -> None:
+    write_video(tmp_path / "in.mp4", frames=5)
+    run_inference(None, str(tmp_path / "in.mp4"), str(tmp_path / "o.mp4"), predictor=predictor, progress=True)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "frame/s" in err
+
+
+def test_max_frames_stops_an_endless_source(tmp_path: Path, predictor: Predictor) -> None:
+    from segkit.inference.sources import VideoSource
+
+    write_video(tmp_path / "cam.mp4", frames=8)
+    source = VideoSource(str(tmp_path / "cam.mp4"), "camera")
+    sink = VideoSink(tmp_path / "out.mp4", "overlay", predictor.palette, 0.5, fps=10)
+    summary = process_frames(predictor, source, sink, max_frames=3, progress=False)
+    assert summary["frames"] == 3 == len(read_video(tmp_path / "out.mp4")[0])
+    assert summary["stop_reason"] == "max_frames=3 reached"
