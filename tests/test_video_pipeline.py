@@ -516,3 +516,41 @@ def test_max_frames_stops_an_endless_source(tmp_path: Path, predictor: Predictor
     summary = process_frames(predictor, source, sink, max_frames=3, progress=False)
     assert summary["frames"] == 3 == len(read_video(tmp_path / "out.mp4")[0])
     assert summary["stop_reason"] == "max_frames=3 reached"
+
+
+class _ListSource(FrameSource):
+    """Frames from memory; raises ``fail`` after ``fail_after`` frames (a decoder that crashes)."""
+
+    kind, description = "images", "memory"
+
+    def __init__(self, n: int, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.total, self.n, self.fail_after = n, n, fail_after
+
+    def __iter__(self):
+        from segkit.inference.sources import Frame
+
+        for i in range(self.n):
+            if self.fail_after is not None and i == self.fail_after:
+                raise OSError("device read failed")
+            yield Frame(i, np.full((32, 64, 3), 10 * i, np.uint8), f"f{i:02d}.png")
+
+
+def test_reader_crash_ends_the_run_with_the_frames_read(tmp_path: Path, predictor: Predictor) -> None:
+    sink = VideoSink(tmp_path / "o.mp4", "overlay", predictor.palette, 0.5, fps=10)
+    summary = process_frames(predictor, _ListSource(10, fail_after=4), sink, progress=False)
+    assert summary["frames"] == 4 == len(read_video(tmp_path / "o.mp4")[0])
+    assert summary["stopped_early"] and "OSError: device read failed" in summary["stop_reason"]
+
+
+def test_writer_failure_is_raised_without_hanging_the_threads(tmp_path: Path, predictor: Predictor) -> None:
+    class FullDisk(VideoSink):
+        def write(self, frame, mask):  # noqa: ANN001, ANN201
+            if self.written == 3:
+                raise SinkError("no space left on device")
+            return super().write(frame, mask)
+
+    sink = FullDisk(tmp_path / "o.mp4", "overlay", predictor.palette, 0.5, fps=10)
+    with pytest.raises(SinkError, match="no space left"):
+        process_frames(predictor, _ListSource(50), sink, queue_size=2, progress=False)
+    assert len(read_video(tmp_path / "o.mp4")[0]) == 3  # released: the frames before the failure play

@@ -269,7 +269,10 @@ def process_frames(
         _put(out_q, _END, writer_gone)
         writer.join()
         reader.join(timeout=10.0)
-        source.close()
+        if reader.is_alive():  # stuck in a device read: releasing the capture under it could crash
+            log.warning("the input reader did not stop within 10 s; leaving %s open", source.description)
+        else:
+            source.close()
         bar.close()
         if window is not None:
             window.close()
