@@ -60,8 +60,8 @@ def gui_available() -> tuple[bool, str]:
     gui_line = next((ln for ln in info.splitlines() if ln.strip().startswith("GUI:")), "")
     if gui_line and gui_line.split(":", 1)[1].strip().upper() == "NONE":
         return False, (
-            "OpenCV was built without GUI support (opencv-python-headless); "
-            "install a GUI build of OpenCV (opencv-python) to use show=true"
+            "this OpenCV build has no GUI support (opencv-python-headless); for a window, replace it "
+            "with opencv-python (uninstall the headless one first: two OpenCV builds break each other)"
         )
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
