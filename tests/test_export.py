@@ -204,3 +204,15 @@ def test_config_errors_name_the_key(checkpoint: str, tmp_path) -> None:
     assert (
         cfg["input_size"] == [512, 1024] and cfg["calibration"]["images"] == 4 and cfg["quantize"] == "int8"
     )
+
+
+def test_without_a_dataset_root_verifies_on_a_generated_sample(
+    checkpoint: str, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no datasets/cityscapes_sample here
+    notes: list[str] = []
+    report = export_checkpoint(load_config([f"checkpoint={checkpoint}", "output=m.onnx"]), log=notes.append)
+    assert report["dataset"]["source"] == "generated procedural sample"
+    assert report["dataset"]["images"] == 4 and report["verification"]["64x128"]["argmax_agreement"] >= 0.999
+    assert any("not on real Cityscapes images" in n for n in notes)
+    assert (tmp_path / "m.report.json").is_file() and not (tmp_path / "sample").exists()

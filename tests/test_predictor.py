@@ -123,6 +123,13 @@ def test_checkpoint_without_input_size_pads_to_stride(files: dict, tmp_path) -> 
     assert Predictor.from_file(path, input_size=(64, 128)).input_size == (64, 128)
 
 
+def test_torchscript_saved_as_pt_is_recognised(files: dict, tmp_path) -> None:
+    copy = tmp_path / "traced.pt"
+    copy.write_bytes(files["ts"].read_bytes())
+    pred = Predictor.from_file(copy)
+    assert pred.backend == "torchscript" and pred.input_size == SIZE
+
+
 def test_static_graph_rejects_another_input_size(files: dict) -> None:
     with pytest.raises(ValueError, match="fixed size"):
         Predictor.from_file(files["onnx"], input_size=(128, 256))
