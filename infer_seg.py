@@ -11,6 +11,7 @@ import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 log = logging.getLogger("infer_seg")
 
@@ -18,17 +19,22 @@ log = logging.getLogger("infer_seg")
 @hydra.main(config_path="conf", config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from segkit.engine.checkpoint import CheckpointError
-    from segkit.inference.sinks import SinkError
-    from segkit.inference.sources import SourceError
-    from segkit.inference.video import format_summary, run_inference
+    from segkit.inference.video import format_summary, prepare_inference
 
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(settings, dict)
     try:
-        summary = run_inference(**settings)
-    except (SourceError, SinkError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        settings = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        log.error(
+            "%s= is required (see conf/infer.yaml), e.g. checkpoint=model.onnx input=clip.mp4", exc.full_key
+        )
+        sys.exit(2)
+    assert isinstance(settings, dict)
+    try:  # every mistake in settings, input, output or model file surfaces here, before any frame
+        job = prepare_inference(**settings)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    summary = job.run()
     print(format_summary(summary))
     if summary.get("summary_json"):
         print(f"summary     : {summary['summary_json']}")

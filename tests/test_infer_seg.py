@@ -84,6 +84,14 @@ def test_cli_bad_input_exits_2_naming_it_before_loading_the_model(tmp_path: Path
     proc = run_cli(f"checkpoint={junk}", f"input={tmp_path / 'nowhere.mp4'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert f"input not found: {tmp_path / 'nowhere.mp4'}" in proc.stdout + proc.stderr
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 64, 3), np.uint8))
+    proc = run_cli(
+        f"checkpoint={junk}", f"input={tmp_path / 'a.png'}", f"output={tmp_path / 'o'}", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and str(junk) in proc.stdout + proc.stderr  # a broken model file, named
+    assert not (tmp_path / "o").exists()
+    proc = run_cli(f"input={tmp_path / 'a.png'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "checkpoint= is required" in proc.stdout + proc.stderr
 
 
 def test_cli_ctrl_c_exits_130_with_a_playable_video(tmp_path: Path, car_ckpt: Path) -> None:

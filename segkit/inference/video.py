@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,15 @@ from segkit.inference.sources import FrameSource, ImageSource, SourceError, open
 log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30.0
-__all__ = ["run_inference", "plan_output", "format_summary", "SourceError", "SinkError"]
+__all__ = [
+    "InferenceJob",
+    "SinkError",
+    "SourceError",
+    "format_summary",
+    "plan_output",
+    "prepare_inference",
+    "run_inference",
+]
 
 
 def default_output(source: FrameSource, save: str, as_video: bool) -> Path:
@@ -101,7 +110,43 @@ def _summary_path(kind: str, path: Path) -> Path:
     return path / "summary.json" if kind == "folder" else path.with_name(path.stem + ".summary.json")
 
 
-def run_inference(
+@dataclass
+class InferenceJob:
+    """A validated, opened, ready run: the input, the loaded model and the output. ``run()`` does the work."""
+
+    predictor: PredictorLike
+    source: FrameSource
+    sink: FrameSink
+    output_kind: str
+    output: Path
+    checkpoint: str | None
+    device: str
+    video_fps: float
+    options: dict[str, Any] = field(default_factory=dict)
+    summary_json: bool = True
+
+    def run(self) -> dict[str, Any]:
+        """Process every frame (threaded pipeline), write the summary JSON if asked, return the summary."""
+        log.info("segmenting %s -> %s (save=%s)", self.source.description, self.output, self.sink.save)
+        summary = process_frames(self.predictor, self.source, self.sink, **self.options)
+        summary["checkpoint"] = self.checkpoint
+        summary["backend"] = getattr(self.predictor, "backend", None)
+        summary["device"] = self.device
+        if self.output_kind == "video":
+            summary["video_fps"] = self.video_fps
+        if self.summary_json:
+            target = _summary_path(self.output_kind, self.output)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(summary, indent=2) + "\n")
+            summary["summary_json"] = str(target)
+        return summary
+
+    def close(self) -> None:
+        """Release the input without running (a job that is prepared but not wanted)."""
+        self.source.close()
+
+
+def prepare_inference(
     checkpoint: str | os.PathLike | None,
     input: str | int,  # noqa: A002 - the CLI key is 'input'
     output: str | os.PathLike | None = None,
@@ -122,14 +167,11 @@ def run_inference(
     progress: bool = True,
     summary_json: bool = True,
     predictor: PredictorLike | None = None,
-) -> dict[str, Any]:
-    """Segment each frame of ``input`` with the model in ``checkpoint``, write ``output``, return the summary.
+) -> InferenceJob:
+    """Check the settings, open and validate the input, plan the output, then load the model.
 
-    ``input``: an image, a folder (searched recursively, sorted), a glob, a video file, a camera index
-    or a stream URL. ``output``: a video file (.mp4 ...), one image file, or a folder (PNG per frame,
-    named like the inputs). ``save``: overlay | side_by_side | mask | labelIds | color. ``fps`` sets the
-    output video's rate (default: the input video's, else 30). ``predictor`` may be passed instead of
-    ``checkpoint`` (tests, benchmarks). See ``conf/infer.yaml`` for the rest.
+    Every error a user can cause is raised here, before any frame is processed (and input/output
+    errors before the model is loaded). Arguments as for :func:`run_inference`.
     """
     # 1. settings that need nothing opened
     if save not in SAVE_MODES:
@@ -138,6 +180,10 @@ def run_inference(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(queue_size) < 1:
+        raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+    if max_frames is not None and int(max_frames) < 1:
+        raise ValueError(f"max_frames must be >= 1 or null, got {max_frames}")
     if fps is not None and float(fps) <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     if input_size is not None and (len(input_size) != 2 or min(int(v) for v in input_size) < 1):
@@ -169,27 +215,43 @@ def run_inference(
     except BaseException:
         source.close()
         raise
-
-    log.info("segmenting %s -> %s (save=%s)", source.description, out_path, save)
-    summary = process_frames(
-        predictor,
-        source,
-        sink,
-        batch_size=int(batch_size),
-        smoother=smoother,
-        queue_size=int(queue_size),
-        max_frames=max_frames,
-        show=show,
-        progress=progress,
+    options = {
+        "batch_size": int(batch_size),
+        "smoother": smoother,
+        "queue_size": int(queue_size),
+        "max_frames": int(max_frames) if max_frames is not None else None,
+        "show": bool(show),
+        "progress": bool(progress),
+    }
+    return InferenceJob(
+        predictor=predictor,
+        source=source,
+        sink=sink,
+        output_kind=kind,
+        output=out_path,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        device=device,
+        video_fps=video_fps,
+        options=options,
+        summary_json=summary_json,
     )
-    summary["checkpoint"] = str(checkpoint) if checkpoint is not None else None
-    summary["backend"] = getattr(predictor, "backend", None)
-    summary["device"] = device
-    if kind == "video":
-        summary["video_fps"] = video_fps
-    if summary_json:
-        target = _summary_path(kind, out_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(summary, indent=2) + "\n")
-        summary["summary_json"] = str(target)
-    return summary
+
+
+def run_inference(
+    checkpoint: str | os.PathLike | None,
+    input: str | int,  # noqa: A002 - the CLI key is 'input'
+    output: str | os.PathLike | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Segment each frame of ``input`` with the model in ``checkpoint``, write ``output``, return the summary.
+
+    ``input``: an image, a folder (searched recursively, sorted), a glob, a video file, a camera index
+    or a stream URL. ``output``: a video file (.mp4 ...), one image file, or a folder (PNG per frame,
+    named like the inputs); None: ``outputs/infer/<input>_<save>``. Keyword settings (conf/infer.yaml):
+    ``save`` overlay | side_by_side | mask | labelIds | color, ``alpha``, ``as_video``, ``fps`` (output
+    video rate; default the input video's, else 30), ``input_size``, ``batch_size``, ``device``,
+    ``threads``, ``show``, ``smoothing``, ``smoothing_alpha``, ``queue_size``, ``max_frames``,
+    ``progress``, ``summary_json``; ``predictor`` may replace ``checkpoint`` (tests, benchmarks).
+    Setting, input and output errors are raised before any work (see :func:`prepare_inference`).
+    """
+    return prepare_inference(checkpoint, input, output, **settings).run()
