@@ -79,7 +79,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a foreign or damaged file
-        raise CheckpointError(f"{path} is not a readable segkit checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"{path} is not a readable segkit checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a segkit checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)")
     for key in ("model_config", "model", "class_names"):
