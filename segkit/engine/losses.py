@@ -4,7 +4,7 @@ OHEM follows PaddleSeg's ``OhemCrossEntropyLoss`` semantics, which the published
 recipes of PaddleSeg use: for each pixel take the softmax probability of its true class; pixels whose
 probability is below ``thresh`` are "hard" and kept, but if fewer than ``min_kept`` pixels of the whole
 batch (per process) would survive, the threshold is raised to the ``min_kept``-th smallest probability.
-The loss is the mean cross-entropy over the kept pixels.
+The loss is the mean cross-entropy over the kept pixels. As in PaddleSeg, ``min_kept=0`` disables mining.
 """
 
 from __future__ import annotations
@@ -70,17 +70,18 @@ class OhemCrossEntropy(SegCrossEntropy):
         target = target.long()
         valid = target != self.ignore_index
         num_valid = int(valid.sum())
-        if num_valid == 0 or self.min_kept >= num_valid:
-            return valid  # PaddleSeg keeps every labelled pixel when min_kept cannot be satisfied
+        if num_valid == 0 or self.min_kept >= num_valid or self.min_kept == 0:
+            # PaddleSeg keeps every labelled pixel when min_kept cannot be satisfied, and mines only
+            # when min_kept > 0
+            return valid
         with torch.no_grad():
             prob = logits.detach().float().softmax(dim=1)
             safe_target = torch.where(valid, target, torch.zeros_like(target))
             true_prob = prob.gather(1, safe_target.unsqueeze(1)).squeeze(1)
             true_prob = torch.where(valid, true_prob, torch.ones_like(true_prob) + 1.0)  # ignored never kept
             threshold = torch.tensor(self.thresh, device=true_prob.device)
-            if self.min_kept > 0:
-                kth = true_prob.flatten().kthvalue(min(self.min_kept, true_prob.numel())).values
-                threshold = torch.maximum(threshold, kth)
+            kth = true_prob.flatten().kthvalue(min(self.min_kept, true_prob.numel())).values
+            threshold = torch.maximum(threshold, kth)
             return valid & (true_prob < threshold)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
