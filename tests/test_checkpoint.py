@@ -1,0 +1,108 @@
+"""Checkpoints: atomic writes (a crash mid-save never replaces last.pt), weights_only loading of the full
+training state, and a self-describing model rebuilt from the file alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from segkit.config import CONF_DIR
+from segkit.engine import train
+from segkit.engine.checkpoint import (
+    CheckpointError,
+    build_model_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _cfg(root: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", f"dataset.root={root}", *overrides])
+
+
+def test_training_checkpoint_is_complete_and_self_describing(sample_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(sample_root, "train.iters=2", "train.eval_every=2", "train.ema.enabled=true")
+    train(cfg, output_dir=tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    raw = torch.load(path, weights_only=True)  # everything is tensors and plain types
+    ckpt = load_checkpoint(path)
+    assert raw.keys() == ckpt.keys()
+    for key in ("model", "ema", "optimizer", "scheduler", "rng", "sampler", "config", "metrics", "step"):
+        assert ckpt[key] is not None, key
+    assert ckpt["step"] == 2
+    assert ckpt["model_config"]["name"] == "lraspp_mobilenetv3_small"
+    assert ckpt["model_config"]["num_classes"] == 19
+    assert ckpt["config"]["train"]["iters"] == 2 and ckpt["config"]["dataset"]["root"] == str(sample_root)
+    assert ckpt["metrics"]["step"] == 2 and 0.0 <= ckpt["metrics"]["miou"] <= 1.0
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert ckpt["sampler"] == {"epoch": 1, "position": 0}  # 2 steps x 2 images of 4
+    assert len(ckpt["class_names"]) == 19 and len(ckpt["palette"]) == 19
+    assert ckpt["scheduler"]["last_epoch"] == 2
+    model = build_model_from_checkpoint(ckpt)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["model"][name])
+    ema_model = build_model_from_checkpoint(ckpt, use_ema=True)
+    name = next(n for n, v in ckpt["ema"].items() if v.is_floating_point())
+    assert torch.equal(ema_model.state_dict()[name], ckpt["ema"][name])
+    assert not torch.equal(ckpt["ema"][name], ckpt["model"][name])
+    # best.pt exists and is the same step (the only evaluation)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == 2
+
+
+def test_crash_during_save_leaves_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoints" / "last.pt"
+    good = {"format": "segkit-checkpoint", "model_config": {}, "model": {"w": torch.ones(3)}}
+    good["class_names"] = []
+    save_checkpoint(path, good)
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"partial checkpoint bytes")  # some bytes reach the file, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    bad = dict(good, model={"w": torch.zeros(3)})
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, bad)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert path.read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_training_save_crash_keeps_last_checkpoint(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash while the training loop writes last.pt keeps the previous last.pt loadable."""
+    train(_cfg(sample_root, "train.iters=4", "train.stop_after=2"), output_dir=tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["step"] == 2
+
+    def killed_mid_write(obj, f, *args, **kwargs):
+        f.write(b"\x80\x02 half a pickle")
+        raise KeyboardInterrupt  # the process is interrupted while torch.save writes
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(sample_root, "train.iters=4", "resume=true"), output_dir=tmp_path)
+    monkeypatch.undo()
+    assert load_checkpoint(last)["step"] == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a segkit checkpoint"):
+        load_checkpoint(foreign)
