@@ -163,6 +163,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> int:
+    """Set every batch-norm layer's running-statistics momentum; returns how many layers changed.
+
+    MobileNetV3 uses 0.01 (made for long runs); in a short run its eval-mode statistics still hold
+    much of their initial values, so short recipes (demo, tests) raise it.
+    """
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"train.bn_momentum must be in (0, 1], got {momentum}")
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.momentum = momentum
+    return len(layers)
+
+
 def check_dataset_root(root: Any) -> Path:
     """Fail early, naming the key and the path, when ``dataset.root`` does not exist."""
     if root is None or str(root).strip() == "":
@@ -250,6 +264,9 @@ class Trainer:
         if resume_ckpt is not None:
             check_resume_compatible(resume_ckpt, self.model_config, self.resume_path)
 
+        bn_momentum = tcfg.get("bn_momentum")
+        if bn_momentum is not None:
+            set_bn_momentum(model, float(bn_momentum))
         if self.info.distributed and tcfg.get("sync_bn", True):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
