@@ -1,0 +1,326 @@
+"""MobileNetV3 blocks with searched expansion sizes: describe, shrink (weight transplant), rebuild, save.
+
+segkit's ``MobileNetV3Encoder`` builds its blocks from the fixed tables of the paper (times
+``width_mult``); it takes no per-block configuration. The search therefore works on a built model: it
+swaps single ``features[i]`` blocks for torchvision ``InvertedResidual`` blocks built from an
+``InvertedResidualConfig`` with a smaller ``expanded_channels``. Module names stay the same, so an
+adapted model is fully described by its base ``model_config`` plus the list of per-block expansion sizes
+(:func:`build_adapted_model`), and it saves, loads and exports like any other segkit model.
+
+Only the expansion (inner) width of a block changes: its input and output widths are untouched, so
+residual connections and every other layer keep their shapes. Blocks without an expansion conv
+(``expanded == input``, e.g. the first block) are not shrinkable, and no block is shrunk to
+``expanded == input`` either, because torchvision would then drop the expansion conv.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+from torchvision.ops.misc import SqueezeExcitation
+
+#: a search result's key in a segkit checkpoint (next to the usual ``model_config``/``model``)
+SEARCH_KEY = "search"
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The shape-defining fields of one inverted-residual block (Tables 1-2 of the paper).
+
+    ``stride`` is the nominal one of the config (2 for a dilated block that no longer downsamples).
+    """
+
+    input_channels: int
+    expanded_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    dilation: int
+    use_se: bool
+    activation: Literal["HS", "RE"]
+
+    def config(self) -> InvertedResidualConfig:
+        """torchvision's config for this block (``width_mult=1``: channels are already final)."""
+        for name in ("input_channels", "expanded_channels", "out_channels"):
+            c = getattr(self, name)
+            if c < 8 or c % 8:
+                raise ValueError(f"{name}={c}: MobileNetV3 channel counts must be multiples of 8 (>= 8)")
+        return InvertedResidualConfig(
+            self.input_channels,
+            self.kernel,
+            self.expanded_channels,
+            self.out_channels,
+            self.use_se,
+            self.activation,
+            self.stride,
+            self.dilation,
+            width_mult=1.0,
+        )
+
+    @property
+    def shrinkable(self) -> bool:
+        """Whether the block has an expansion conv whose width can be searched."""
+        return self.expanded_channels != self.input_channels
+
+
+@dataclass
+class _Parts:
+    expand: nn.Sequential | None
+    depthwise: nn.Sequential
+    se: SqueezeExcitation | None
+    project: nn.Sequential
+
+
+def _parts(block: InvertedResidual) -> _Parts:
+    layers = list(block.block)
+    se = next((m for m in layers if isinstance(m, SqueezeExcitation)), None)
+    convs = [m for m in layers if not isinstance(m, SqueezeExcitation)]
+    if len(convs) == 3:
+        return _Parts(convs[0], convs[1], se, convs[2])
+    if len(convs) == 2:
+        return _Parts(None, convs[0], se, convs[1])
+    raise ValueError(f"not a torchvision InvertedResidual layout: {len(convs)} conv layers")
+
+
+def block_spec(block: InvertedResidual) -> BlockSpec:
+    """Read a block's :class:`BlockSpec` back from its layers."""
+    if not isinstance(block, InvertedResidual):
+        raise TypeError(f"expected a torchvision InvertedResidual, got {type(block).__name__}")
+    p = _parts(block)
+    dw: nn.Conv2d = p.depthwise[0]
+    act = p.depthwise[2] if len(p.depthwise) > 2 else None
+    return BlockSpec(
+        input_channels=p.expand[0].in_channels if p.expand is not None else dw.in_channels,
+        expanded_channels=dw.out_channels,
+        out_channels=p.project[0].out_channels,
+        kernel=dw.kernel_size[0],
+        stride=2 if block._is_cn else 1,
+        dilation=dw.dilation[0],
+        use_se=p.se is not None,
+        activation="HS" if isinstance(act, nn.Hardswish) else "RE",
+    )
+
+
+def _norm_layer(block: InvertedResidual) -> Any:
+    bn: nn.BatchNorm2d = _parts(block).depthwise[1]
+    return partial(nn.BatchNorm2d, eps=bn.eps, momentum=bn.momentum)
+
+
+def new_block(spec: BlockSpec, like: InvertedResidual | None = None) -> InvertedResidual:
+    """A fresh (untrained) block of ``spec``, with ``like``'s BatchNorm settings when given."""
+    norm = _norm_layer(like) if like is not None else partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+    return InvertedResidual(spec.config(), norm)
+
+
+def encoder_blocks(model: nn.Module) -> list[tuple[int, InvertedResidual]]:
+    """``(index in encoder.features, block)`` for every inverted-residual block of a MobileNetV3 model."""
+    features = getattr(getattr(model, "encoder", model), "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise ValueError(
+            "the search needs a segkit MobileNetV3 model (model.encoder.features); "
+            f"got {type(model).__name__}"
+        )
+    blocks = [(i, m) for i, m in enumerate(features) if isinstance(m, InvertedResidual)]
+    if not blocks:
+        raise ValueError("model.encoder.features has no InvertedResidual blocks")
+    return blocks
+
+
+def expanded_channels(model: nn.Module) -> list[int]:
+    """The expansion size of every block, in order (the searched quantity)."""
+    return [block_spec(b).expanded_channels for _, b in encoder_blocks(model)]
+
+
+def _features(model: nn.Module) -> nn.Sequential:
+    return getattr(model, "encoder", model).features
+
+
+def channel_importance(block: InvertedResidual, norm: Literal["l1", "l2"] = "l1") -> torch.Tensor:
+    """Importance of each expanded channel: the L1/L2 norm of its expansion filter (NetAdapt's choice)."""
+    p = _parts(block)
+    if p.expand is None:
+        raise ValueError("block has no expansion conv: its expanded channels are its inputs")
+    return _row_norm(p.expand[0].weight, norm)
+
+
+def _row_norm(w: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = w.detach().reshape(w.shape[0], -1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    if norm == "l2":
+        return flat.pow(2).sum(1).sqrt()
+    raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores, in ascending index order (ties: lower index first)."""
+    order = torch.sort(-scores, stable=True).indices[:k]
+    return torch.sort(order).values
+
+
+def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor | None) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        s = getattr(src, name)
+        getattr(dst, name).copy_(s if idx is None else s[idx])
+    dst.num_batches_tracked.copy_(src.num_batches_tracked)
+
+
+def _copy_conv(dst: nn.Conv2d, w: torch.Tensor, b: torch.Tensor | None = None) -> None:
+    dst.weight.copy_(w)
+    if b is not None:
+        dst.bias.copy_(b)
+
+
+@torch.no_grad()
+def shrink_block(
+    block: InvertedResidual, expanded: int, norm: Literal["l1", "l2"] = "l1"
+) -> tuple[InvertedResidual, dict[str, torch.Tensor]]:
+    """A copy of ``block`` with ``expanded`` expansion channels, keeping the largest-norm filters.
+
+    Every kept channel keeps its weights exactly: expansion conv rows, depthwise filters, both
+    BatchNorms' affine parameters *and running statistics*, squeeze-excite columns/rows and projection
+    columns. torchvision sizes the squeeze-excite bottleneck from the expansion
+    (``make_divisible(expanded // 4, 8)``); when that shrinks too, its channels with the largest
+    ``fc1`` norm (over the kept inputs) are kept.
+
+    Returns the new block and the kept indices: ``{"expanded": ..., "squeeze": ...}`` (``squeeze`` is
+    empty without squeeze-excite).
+    """
+    spec = block_spec(block)
+    if not spec.shrinkable:
+        raise ValueError("block has no expansion conv (expanded == input channels): nothing to shrink")
+    if expanded == spec.input_channels:
+        raise ValueError(
+            f"expanded={expanded} equals the block's input channels: torchvision would drop the "
+            "expansion conv"
+        )
+    if not 8 <= expanded <= spec.expanded_channels:
+        raise ValueError(f"expanded must be in 8..{spec.expanded_channels}, got {expanded}")
+    keep = _top(channel_importance(block, norm), expanded)
+    out = new_block(replace(spec, expanded_channels=expanded), like=block).to(next(block.parameters()).device)
+    old, new = _parts(block), _parts(out)
+    assert old.expand is not None and new.expand is not None
+    _copy_conv(new.expand[0], old.expand[0].weight[keep])
+    _copy_bn(new.expand[1], old.expand[1], keep)
+    _copy_conv(new.depthwise[0], old.depthwise[0].weight[keep])
+    _copy_bn(new.depthwise[1], old.depthwise[1], keep)
+    keep_sq = torch.zeros(0, dtype=torch.long)
+    if old.se is not None and new.se is not None:
+        fc1_w = old.se.fc1.weight[:, keep]
+        keep_sq = _top(_row_norm(fc1_w, norm), new.se.fc1.out_channels)
+        _copy_conv(new.se.fc1, fc1_w[keep_sq], old.se.fc1.bias[keep_sq])
+        _copy_conv(new.se.fc2, old.se.fc2.weight[keep][:, keep_sq], old.se.fc2.bias[keep])
+    _copy_conv(new.project[0], old.project[0].weight[:, keep])
+    _copy_bn(new.project[1], old.project[1], None)
+    out.train(block.training)
+    return out, {"expanded": keep, "squeeze": keep_sq}
+
+
+def shrink_model(
+    model: nn.Module, block: int, expanded: int, norm: Literal["l1", "l2"] = "l1"
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A deep copy of ``model`` whose ``block``-th inverted residual has ``expanded`` channels."""
+    blocks = encoder_blocks(model)
+    if not 0 <= block < len(blocks):
+        raise ValueError(f"block must be in 0..{len(blocks) - 1}, got {block}")
+    index, old = blocks[block]
+    shrunk, keep = shrink_block(old, expanded, norm)
+    out = copy.deepcopy(model)
+    _features(out)[index] = shrunk
+    return out, keep
+
+
+def _plain_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(model_config, DictConfig):
+        return OmegaConf.to_container(model_config, resolve=True)  # type: ignore[return-value]
+    return copy.deepcopy(dict(model_config))
+
+
+def apply_expansions(model: nn.Module, expansions: Sequence[int]) -> nn.Module:
+    """Replace (in place) every block whose expansion differs from ``expansions`` by a fresh block."""
+    blocks = encoder_blocks(model)
+    if len(expansions) != len(blocks):
+        raise ValueError(
+            f"expanded_channels has {len(expansions)} entries, the model has {len(blocks)} blocks"
+        )
+    features = _features(model)
+    for k, ((index, block), e) in enumerate(zip(blocks, expansions)):
+        spec = block_spec(block)
+        if int(e) == spec.expanded_channels:
+            continue
+        if not spec.shrinkable or int(e) == spec.input_channels:
+            raise ValueError(
+                f"expanded_channels[{k}]={e}: block {k} ({spec.input_channels} in) cannot take that expansion"
+            )
+        features[index] = new_block(replace(spec, expanded_channels=int(e)), like=block)
+    return model
+
+
+def build_adapted_model(model_config: Mapping[str, Any], expansions: Sequence[int]) -> nn.Module:
+    """Build ``model_config`` (``segkit.models.build_model`` keys) with per-block ``expansions``.
+
+    Random initial weights (the base config's ``encoder_weights`` are not loaded: their shapes differ);
+    load a searched state dict into it. The model carries ``model_config`` and ``expanded_channels``.
+    """
+    from segkit.models import build_model
+
+    cfg = _plain_config(model_config)
+    cfg.pop("_target_", None)
+    cfg["encoder_weights"] = None
+    model = apply_expansions(build_model(**cfg), expansions)
+    model.expanded_channels = [int(e) for e in expansions]  # type: ignore[assignment]
+    return model
+
+
+def adapted_config(model: nn.Module) -> dict[str, Any]:
+    """``{"model_config", "expanded_channels", "blocks"}``: everything needed to rebuild ``model``."""
+    base = getattr(model, "model_config", None)
+    if base is None:
+        raise ValueError("model has no model_config: build it with segkit.models.build_model/create_model")
+    return {
+        "model_config": _plain_config(base),
+        "expanded_channels": expanded_channels(model),
+        "blocks": [asdict(block_spec(b)) for _, b in encoder_blocks(model)],
+    }
+
+
+def save_adapted(
+    path: str | os.PathLike, model: nn.Module, *, input_size: Sequence[int] | None = None, **extra: Any
+) -> Path:
+    """Write a segkit checkpoint of an adapted model (``search.expanded_channels`` beside the usual keys).
+
+    ``segkit.engine.checkpoint.build_model_from_checkpoint`` does not know about expansions; load it
+    with :func:`load_adapted`, or export it to ONNX for deployment.
+    """
+    from segkit.engine.checkpoint import model_metadata, save_checkpoint
+
+    cfg = adapted_config(model)
+    meta = model_metadata(cfg["model_config"], input_size=list(input_size) if input_size else None)
+    search = {"expanded_channels": cfg["expanded_channels"]}
+    payload = {**meta, "model": model.state_dict(), SEARCH_KEY: search}
+    payload.update(extra)
+    return save_checkpoint(path, payload)
+
+
+def load_adapted(path: str | os.PathLike) -> nn.Module:
+    """Rebuild and load a model written by :func:`save_adapted` (eval mode)."""
+    from segkit.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    search = ckpt.get(SEARCH_KEY)
+    if not isinstance(search, Mapping) or "expanded_channels" not in search:
+        raise ValueError(f"{path}: not a searched model (no '{SEARCH_KEY}.expanded_channels' entry)")
+    model = build_adapted_model(ckpt["model_config"], search["expanded_channels"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
