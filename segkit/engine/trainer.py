@@ -268,7 +268,10 @@ class Trainer:
         if bn_momentum is not None:
             set_bn_momentum(model, float(bn_momentum))
         if self.info.distributed and tcfg.get("sync_bn", True):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif self.info.is_main:
+                log.warning("train.sync_bn: SyncBatchNorm needs CUDA; on CPU each process keeps own BN stats")
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -430,8 +433,25 @@ class Trainer:
             save_checkpoint(self.ckpt_dir / "best.pt", payload)
 
     # ---------------------------------------------------------------- evaluation
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BN running statistics; EMA weights too).
+
+        Without SyncBatchNorm each rank updates its BN statistics from its own batches; evaluation
+        and checkpoints must use one model, rank 0's.
+        """
+        if not self.info.distributed:
+            return
+        import torch.distributed as dist
+
+        tensors = list(unwrap(self.raw_model).buffers())
+        if self.ema is not None:
+            tensors += list(self.ema.module.state_dict().values())
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
     def run_evaluation(self, step: int, train_loss: float | None) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.sync_buffers()
         kwargs = dict(
             num_classes=self.num_classes,
             device=self.device,
@@ -571,6 +591,7 @@ class Trainer:
                 progress.close()
             if self.writer is not None:
                 self.writer.close()
+        self.sync_buffers()
         if tcfg.get("debug_dump_weights", False):
             torch.save(unwrap(self.raw_model).state_dict(), self.out / f"weights_rank{self.info.rank}.pt")
         summary = {
