@@ -324,3 +324,41 @@ def load_adapted(path: str | os.PathLike) -> nn.Module:
     model = build_adapted_model(ckpt["model_config"], search["expanded_channels"])
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def export_adapted_onnx(
+    model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int], name: str | None = None
+) -> Path:
+    """Export an adapted model as a segkit ONNX file (float NCHW input, logits) the Predictor can load.
+
+    The metadata carries the usual keys plus ``expanded_channels``.
+    """
+    from segkit.data.cityscapes import IMAGENET_MEAN, IMAGENET_STD
+    from segkit.export.metadata import build_metadata
+    from segkit.export.onnx import ExportWrapper, export_onnx
+    from segkit.labels import CLASS_NAMES, PALETTE
+
+    cfg = adapted_config(model)
+    num_classes = int(cfg["model_config"].get("num_classes", len(CLASS_NAMES)))
+    class_names = (
+        list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_classes)]
+    )
+    palette = PALETTE if num_classes == len(CLASS_NAMES) else [[0, 0, 0]] * num_classes
+    meta = build_metadata(
+        model_name=name or cfg["model_config"].get("name") or "adapted",
+        class_names=class_names,
+        palette=palette,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        input_size=input_size,
+        dynamic=False,
+        preprocess=False,
+        argmax=False,
+        extra={"expanded_channels": cfg["expanded_channels"]},
+    )
+    wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return export_onnx(wrapper, path, input_size=input_size, metadata=meta)

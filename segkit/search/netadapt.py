@@ -1,0 +1,333 @@
+"""NetAdapt (Yang et al. 2018) as used by "Searching for MobileNetV3": shrink blocks against measured latency.
+
+Each iteration ``i`` sets a latency target ``previous latency - step * decay**i``. For every candidate
+block it proposes the *largest* expansion size (a multiple of ``divisor``) that brings the whole model's
+latency under that target, keeps that many expansion filters (largest L1/L2 norm), transplants their
+weights (BatchNorm statistics included), fine-tunes the proposal for a few steps and evaluates it. The
+proposal kept is, as in the MobileNetV3 paper, the one that maximises ``ΔAcc / |ΔLatency|`` (NetAdapt
+itself took the most accurate one); ``criterion="reward"`` takes the highest MnasNet-style reward
+instead. The search stops after ``iterations`` or once ``target`` latency is reached; the result still
+needs the usual long fine-tune.
+
+Like the paper, proposals only change a block's expansion size: input/output widths stay, so residual
+connections need no care. (The paper also shrinks the bottleneck width of whole residual groups; that
+is not implemented here.)
+
+    python -m segkit.search.netadapt [out=runs/netadapt] [iterations=3] [latency.estimator=table] ...
+
+(defaults and every key: ``conf/search/netadapt.yaml``; ``key=value`` arguments override them).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from segkit.search.arch import (
+    adapted_config,
+    block_spec,
+    encoder_blocks,
+    expanded_channels,
+    new_block,
+    shrink_model,
+)
+from segkit.search.reward import MOBILENETV3_W, reward
+
+HISTORY_FORMAT = "segkit-netadapt-history"
+
+Criterion = Literal["ratio", "reward"]
+
+
+@dataclass
+class Proposal:
+    """One block's shrink proposal of an iteration, after its short fine-tune."""
+
+    block: int
+    expanded_before: int
+    expanded: int
+    latency: float
+    acc: float
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def record(self, prev_acc: float, prev_latency: float, reward_target: float, w: float) -> dict[str, Any]:
+        """JSON-able summary with the quantities both criteria look at."""
+        d: dict[str, Any] = {
+            f: getattr(self, f) for f in ("block", "expanded_before", "expanded", "latency", "acc")
+        }
+        d["ratio"] = accuracy_latency_ratio(self.acc, self.latency, prev_acc, prev_latency)
+        d["reward"] = reward(max(self.acc, 0.0), self.latency, reward_target, w)
+        return d
+
+
+def accuracy_latency_ratio(acc: float, latency: float, prev_acc: float, prev_latency: float) -> float:
+    """``ΔAcc / |ΔLatency|`` of a proposal against the current model (accuracy per ms saved)."""
+    d_lat = abs(latency - prev_latency)
+    if d_lat == 0:
+        raise ValueError(f"proposal has the same latency as the current model ({latency}): ratio undefined")
+    return (acc - prev_acc) / d_lat
+
+
+def select_proposal(
+    proposals: Sequence[Proposal],
+    *,
+    prev_acc: float,
+    prev_latency: float,
+    criterion: Criterion = "ratio",
+    reward_target: float | None = None,
+    w: float = MOBILENETV3_W,
+) -> int:
+    """Index of the proposal to keep; the first wins ties.
+
+    ``"ratio"``: maximal ``ΔAcc/|ΔLatency|`` (MobileNetV3's NetAdapt). ``"reward"``: maximal
+    ``acc * (latency / reward_target) ** w``.
+    """
+    if not proposals:
+        raise ValueError("select_proposal needs at least one proposal")
+    if criterion == "ratio":
+        scores = [accuracy_latency_ratio(p.acc, p.latency, prev_acc, prev_latency) for p in proposals]
+    elif criterion == "reward":
+        if reward_target is None:
+            raise ValueError("criterion='reward' needs reward_target (a latency)")
+        scores = [reward(max(p.acc, 0.0), p.latency, reward_target, w) for p in proposals]
+    else:
+        raise ValueError(f"criterion must be 'ratio' or 'reward', got {criterion!r}")
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def candidate_sizes(
+    expanded: int, input_channels: int, *, divisor: int = 8, min_channels: int = 8
+) -> list[int]:
+    """Smaller expansion sizes to try, largest first: multiples of ``divisor``, never ``input_channels``."""
+    if divisor < 1 or divisor % 8:
+        raise ValueError(f"divisor must be a positive multiple of 8 (torchvision's rounding), got {divisor}")
+    start = (expanded - 1) // divisor * divisor
+    lowest = max(min_channels, 8)
+    return [e for e in range(start, lowest - 1, -divisor) if e != input_channels and e % 8 == 0]
+
+
+def largest_size_meeting(
+    model: nn.Module,
+    block: int,
+    target_latency: float,
+    latency: Callable[[nn.Module], float],
+    *,
+    divisor: int = 8,
+    min_channels: int = 8,
+) -> tuple[int, float] | None:
+    """The largest expansion of ``block`` whose model latency is <= ``target_latency``, and that latency.
+
+    Probes swap an untrained block of the probed size into ``model`` (restored afterwards): latency
+    depends on shapes only. Sizes are tried from the largest down, so the first hit is the answer.
+    Returns None when even the smallest size misses the target.
+    """
+    index, old = encoder_blocks(model)[block]
+    spec = block_spec(old)
+    if not spec.shrinkable:
+        return None
+    features = model.encoder.features if hasattr(model, "encoder") else model.features
+    try:
+        for e in candidate_sizes(
+            spec.expanded_channels, spec.input_channels, divisor=divisor, min_channels=min_channels
+        ):
+            features[index] = new_block(replace(spec, expanded_channels=e), like=old).eval()
+            lat = float(latency(model))
+            if lat <= target_latency:
+                return e, lat
+    finally:
+        features[index] = old
+    return None
+
+
+@dataclass
+class NetAdaptResult:
+    """The adapted model (after its last short fine-tune), its expansions and the search history."""
+
+    model: nn.Module
+    expanded_channels: list[int]
+    history: dict[str, Any]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def netadapt(
+    model: nn.Module,
+    *,
+    latency: Callable[[nn.Module], float],
+    fine_tune: Callable[[nn.Module, int], Any],
+    evaluate: Callable[[nn.Module], float],
+    iterations: int,
+    step: float,
+    decay: float = 1.0,
+    target: float | None = None,
+    fine_tune_steps: int = 1,
+    criterion: Criterion = "ratio",
+    w: float = MOBILENETV3_W,
+    norm: Literal["l1", "l2"] = "l1",
+    blocks: Sequence[int] | None = None,
+    divisor: int = 8,
+    min_channels: int = 8,
+    history_path: str | os.PathLike | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> NetAdaptResult:
+    """Run NetAdapt on a segkit MobileNetV3 model (see the module docstring).
+
+    Args:
+        model: the starting (trained) model; it is not modified.
+        latency: model -> ms (a real meter, a :class:`~segkit.search.latency.TableLatency`, ...).
+        fine_tune: ``fine_tune(model, steps)`` trains a proposal in place (short-term fine-tune).
+        evaluate: model -> accuracy (higher is better, e.g. mIoU).
+        iterations: maximum number of iterations.
+        step: latency reduction asked for in the first iteration (ms); iteration ``i`` asks for
+            ``step * decay**i`` less than the current model.
+        target: stop once the latency is <= this (ms); also the reward's target. None: run all iterations.
+        fine_tune_steps: steps passed to ``fine_tune`` per proposal.
+        criterion: ``"ratio"`` (max ΔAcc/|ΔLat|, the paper) or ``"reward"`` (max MnasNet reward).
+        w: the reward's exponent.
+        norm: ``"l1"``/``"l2"`` filter norm deciding which expansion channels stay.
+        blocks: block positions that may be shrunk (default: every block with an expansion conv).
+        divisor, min_channels: expansion sizes are multiples of ``divisor`` and at least ``min_channels``.
+        history_path: JSON file rewritten after every iteration.
+        log: progress messages (None: silent).
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if not step > 0 or not math.isfinite(step):
+        raise ValueError(f"step must be a positive latency (ms), got {step}")
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    if target is not None and not target > 0:
+        raise ValueError(f"target must be a positive latency (ms), got {target}")
+    if criterion not in ("ratio", "reward"):
+        raise ValueError(f"criterion must be 'ratio' or 'reward', got {criterion!r}")
+    say = log or (lambda msg: None)
+    current = copy.deepcopy(model)
+    n_blocks = len(encoder_blocks(current))
+    allowed = list(range(n_blocks)) if blocks is None else [int(b) for b in blocks]
+    for b in allowed:
+        if not 0 <= b < n_blocks:
+            raise ValueError(f"blocks: {b} is not a block position (0..{n_blocks - 1})")
+
+    lat = float(latency(current))
+    acc = float(evaluate(current))
+    history: dict[str, Any] = {
+        "format": HISTORY_FORMAT,
+        "settings": {
+            "iterations": iterations,
+            "step": step,
+            "decay": decay,
+            "target": target,
+            "fine_tune_steps": fine_tune_steps,
+            "criterion": criterion,
+            "w": w,
+            "norm": norm,
+            "blocks": allowed,
+            "divisor": divisor,
+            "min_channels": min_channels,
+        },
+        "initial": {"latency": lat, "acc": acc, "expanded_channels": expanded_channels(current)},
+        "iterations": [],
+    }
+    say(f"netadapt: start latency {lat:.3f} ms, acc {acc:.4f}, expansions {expanded_channels(current)}")
+    stopped = "iterations done"
+    for it in range(iterations):
+        if target is not None and lat <= target:
+            stopped = "target reached"
+            break
+        t0 = time.perf_counter()
+        it_step = step * decay**it
+        it_target = lat - it_step
+        reward_target = target if target is not None else it_target
+        proposals: list[Proposal] = []
+        for b in allowed:
+            hit = largest_size_meeting(
+                current, b, it_target, latency, divisor=divisor, min_channels=min_channels
+            )
+            if hit is None:
+                continue
+            size, p_lat = hit
+            before = expanded_channels(current)[b]
+            candidate, _ = shrink_model(current, b, size, norm)
+            fine_tune(candidate, fine_tune_steps)
+            p_acc = float(evaluate(candidate))
+            proposals.append(Proposal(b, before, size, p_lat, p_acc, candidate))
+            say(f"  iter {it}: block {b} {before}->{size}: {p_lat:.3f} ms, acc {p_acc:.4f}")
+        if not proposals:
+            stopped = f"no block can reach the iteration target {it_target:.4g} ms"
+            say(f"netadapt: stop: {stopped}")
+            break
+        k = select_proposal(
+            proposals, prev_acc=acc, prev_latency=lat, criterion=criterion, reward_target=reward_target, w=w
+        )
+        chosen = proposals[k]
+        records = [p.record(acc, lat, reward_target, w) for p in proposals]
+        history["iterations"].append(
+            {
+                "iteration": it,
+                "step": it_step,
+                "target_latency": it_target,
+                "previous_latency": lat,
+                "previous_acc": acc,
+                "latency": chosen.latency,
+                "acc": chosen.acc,
+                "chosen_block": chosen.block,
+                "expanded_before": chosen.expanded_before,
+                "expanded": chosen.expanded,
+                "expanded_channels": expanded_channels(chosen.model),
+                "proposals": records,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        assert chosen.model is not None
+        current, lat, acc = chosen.model, chosen.latency, chosen.acc
+        for p in proposals:
+            p.model = None
+        say(f"netadapt: iter {it}: keep {chosen.block} -> {chosen.expanded}: {lat:.3f} ms, acc {acc:.4f}")
+        if history_path is not None:
+            _write_json(Path(history_path), history)
+    else:
+        if target is not None and lat <= target:
+            stopped = "target reached"
+    history["final"] = {
+        "latency": lat,
+        "acc": acc,
+        "expanded_channels": expanded_channels(current),
+        "stopped": stopped,
+    }
+    if getattr(current, "model_config", None) is not None:
+        history["adapted_config"] = adapted_config(current)
+    if history_path is not None:
+        _write_json(Path(history_path), history)
+    return NetAdaptResult(current, expanded_channels(current), history)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``key=value`` overrides of ``conf/search/netadapt.yaml``; exit 2 on a bad argument."""
+    import sys
+
+    from segkit.search.run import load_config, run_search
+
+    try:
+        cfg = load_config(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_search(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
