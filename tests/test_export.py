@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -216,3 +217,97 @@ def test_without_a_dataset_root_verifies_on_a_generated_sample(
     assert report["dataset"]["images"] == 4 and report["verification"]["64x128"]["argmax_agreement"] >= 0.999
     assert any("not on real Cityscapes images" in n for n in notes)
     assert (tmp_path / "m.report.json").is_file() and not (tmp_path / "sample").exists()
+
+
+def _count(model: torch.nn.Module, kinds: tuple[type, ...]) -> int:
+    return sum(isinstance(m, kinds) for m in model.modules())
+
+
+def test_int8_friendly_copy_is_the_same_function_and_leaves_the_model_alone() -> None:
+    from segkit.export.int8_friendly import DecomposedHardsigmoid, DecomposedHardswish, int8_friendly
+
+    model = _model("lraspp_mobilenetv3_small")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hard = (torch.nn.Hardswish, torch.nn.Hardsigmoid)
+    n_hard = _count(model, hard)
+    friendly = int8_friendly(model)
+    assert n_hard > 10 and _count(friendly, hard) == 0
+    assert _count(friendly, (DecomposedHardswish, DecomposedHardsigmoid)) == n_hard
+    assert _count(model, hard) == n_hard, "the original model must keep its modules"
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert friendly.state_dict().keys() == before.keys()
+    p_orig, p_copy = next(model.parameters()), next(friendly.parameters())
+    assert p_orig.data_ptr() != p_copy.data_ptr(), "a deep copy: no shared parameters"
+    x = torch.randn(2, 3, *SIZE) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(friendly(x), model(x), rtol=1e-5, atol=1e-5)
+    # the decompositions themselves, over the whole interesting range and beyond
+    t = torch.linspace(-8, 8, 4001)
+    torch.testing.assert_close(DecomposedHardswish()(t), torch.nn.functional.hardswish(t), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        DecomposedHardsigmoid()(t), torch.nn.functional.hardsigmoid(t), rtol=0, atol=1e-6
+    )
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+    assert int8_friendly(plain) is plain
+
+
+def test_quantization_source_graph_has_int8_friendly_operators(tmp_path, images) -> None:
+    from segkit.export.int8_friendly import export_quantization_source
+
+    name = "lraspp_mobilenetv3_large"
+    meta = _metadata(name)
+    wrapper = ExportWrapper(_model(name), meta["mean"], meta["std"])
+    path = export_quantization_source(wrapper, tmp_path / "src.onnx", input_size=SIZE, metadata=meta)
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "HardSwish" not in ops and "HardSigmoid" not in ops
+    assert ops.count("Clip") == _count(wrapper, (torch.nn.Hardswish, torch.nn.Hardsigmoid))
+    assert "Shape" not in ops, "a fixed-size export computes no sizes at run time"
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    resizes = [n for n in graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 2
+    final = next(n for n in resizes if n.output[0] == graph.output[0].name)
+    assert len(final.input) == 3 and inits[final.input[2]].tolist() == [1.0, 1.0, 8.0, 8.0]
+    assert read_onnx_metadata(path) == meta
+    res = compare(
+        wrapper,  # the original, HardSwish-module model
+        OnnxBackend(path, threads=1).run,
+        images,
+        input_size=SIZE,
+        mean=meta["mean"],
+        std=meta["std"],
+        preprocess=False,
+        output_kind="logits",
+    )
+    assert res["max_abs_logit_diff"] < 1e-3 and res["argmax_agreement"] >= 0.999
+
+
+def test_static_resize_scales_only_changes_whole_multiples() -> None:
+    from onnx import TensorProto, helper
+
+    from segkit.export.int8_friendly import static_resize_scales
+
+    def graph(out_hw: tuple[int, int]) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 4, 6])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, *out_hw])
+        hw = onnx.numpy_helper.from_array(np.array(out_hw, dtype=np.int64), "hw")
+        nodes = [
+            helper.make_node("Shape", ["x"], ["s"], start=0, end=2),
+            helper.make_node("Concat", ["s", "hw"], ["sizes"], axis=0),
+            helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear"),
+        ]
+        g = helper.make_graph(nodes, "g", [x], [y], [hw])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    doubled = graph((8, 12))
+    assert static_resize_scales(doubled) == 1
+    assert [n.op_type for n in doubled.graph.node] == ["Resize"] and len(doubled.graph.initializer) == 1
+    assert onnx.numpy_helper.to_array(doubled.graph.initializer[0]).tolist() == [1.0, 1.0, 2.0, 2.0]
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 6)).astype(np.float32)
+    want = ort.InferenceSession(graph((8, 12)).SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(doubled.SerializeToString()).run(None, {"x": x})[0]
+    assert got.shape == (3, 2, 8, 12) and np.array_equal(got, want)
+    odd = graph((7, 12))
+    assert static_resize_scales(odd) == 0
+    assert [n.op_type for n in odd.graph.node] == ["Shape", "Concat", "Resize"]

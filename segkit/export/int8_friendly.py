@@ -1,0 +1,231 @@
+"""Export-time rewrite of hard-swish / hard-sigmoid into operators that onnxruntime runs as int8 kernels.
+
+onnxruntime has no int8 kernel for ``HardSigmoid`` (and splits ``HardSwish`` into ``HardSigmoid`` +
+``Mul``), so in a QDQ graph every MobileNetV3 activation becomes DequantizeLinear -> fp32 HardSigmoid ->
+QuantizeLinear: about half of the int8 model's time. Written with Mul/Add/Clip instead (mathematically
+the same function), the quantizer wraps them in QDQ and onnxruntime fuses them into QLinearMul /
+QLinearAdd, with the Clip folded into the requantization. Only the exported graph changes: the rewrite
+works on a deep copy and shares no parameters with the original model, whose state dict stays as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class DecomposedHardsigmoid(nn.Module):
+    """``hardsigmoid(x) = clip(x / 6 + 1/2, 0, 1)`` as Mul, Add and Clip nodes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
+
+
+class DecomposedHardswish(nn.Module):
+    """``hardswish(x) = x * hardsigmoid(x)`` as Mul, Add, Clip and Mul nodes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
+
+
+def int8_friendly(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose ``nn.Hardswish``/``nn.Hardsigmoid`` modules are decomposed.
+
+    Returns ``model`` itself (not a copy) when it has no such module. Functional calls
+    (``F.hardswish`` inside a ``forward``) are not rewritten; segkit's and torchvision's MobileNetV3 use
+    modules only.
+    """
+    if not any(isinstance(m, (nn.Hardswish, nn.Hardsigmoid)) for m in model.modules()):
+        return model
+    out = copy.deepcopy(model)
+    for module in list(out.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Hardswish):
+                setattr(module, name, DecomposedHardswish())
+            elif isinstance(child, nn.Hardsigmoid):
+                setattr(module, name, DecomposedHardsigmoid())
+    return out.train(model.training)
+
+
+def static_resize_scales(model: Any) -> int:
+    """Give every ``Resize`` whose target size is computed at run time constant ``scales`` instead.
+
+    The traced graph computes an upsampling's target size from ``Shape`` nodes because the batch axis
+    is dynamic, even when height and width are fixed. In a quantized graph that costs twice: the
+    ``Shape`` consumers force a duplicate fp32 DequantizeLinear of their input, and onnxruntime does not
+    run a ``Resize`` with computed sizes in int8. Where shape inference gives static channels, heights
+    and widths on both sides and every output size is a whole multiple of the input's, constant scales
+    describe the same resize exactly (onnxruntime derives the coordinate mapping from out/in either
+    way). Changes ``model`` (an ``onnx.ModelProto``) in place, drops the nodes left unused and returns
+    how many Resize nodes changed.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    dims: dict[str, list[int | None]] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        shape = v.type.tensor_type.shape
+        dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3] or node.input[3] in constants:
+            continue
+        src, dst = dims.get(node.input[0]), dims.get(node.output[0])
+        if not src or not dst or len(src) != len(dst) or None in src[1:] or None in dst[1:]:
+            continue
+        if any(d % s for s, d in zip(src[1:], dst[1:])):
+            continue
+        scales = np.array([1.0] + [d / s for s, d in zip(src[1:], dst[1:])], dtype=np.float32)
+        name = f"{node.name or node.output[0]}_static_scales"
+        model.graph.initializer.append(numpy_helper.from_array(scales, name))
+        del node.input[1:]
+        node.input.extend(["", name])  # roi unused, scales
+        changed += 1
+    if changed:
+        _drop_unused_nodes(model)
+    return changed
+
+
+def _drop_unused_nodes(model: Any) -> None:
+    """Remove nodes none of whose outputs is used (repeatedly), then initializers nobody reads."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    produced = {o for n in graph.node for o in n.output}
+    for info in [v for v in graph.value_info if v.name not in produced]:
+        graph.value_info.remove(info)
+
+
+def fold_scalar_muls(model: Any) -> int:
+    """Fold multiplications by a positive scalar constant into a DequantizeLinear scale (QDQ graphs).
+
+    ``DQ(q; s, z) -> Mul(c) -> Q(s2, z2) -> DQ(s2, z2)`` is the same as ``DQ(q; s * c, z)``, exactly
+    and without a second rounding: the uint8 tensor ``q`` read with the scale ``s * c`` is ``x * c``.
+    The decomposed hard-sigmoid's ``x * (1/6)`` is such a Mul; folded, each activation costs one int8
+    Add and one int8 Mul instead of two Muls and an Add over the whole feature map. Changes ``model``
+    (an ``onnx.ModelProto``) in place and returns how many Mul nodes were folded.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    outputs = {o.name for o in graph.output}
+
+    def scalar(name: str) -> float | None:
+        if name not in inits or int(np.prod(inits[name].dims)) != 1:
+            return None
+        return float(numpy_helper.to_array(inits[name]).item())
+
+    def dq_parts(name: str) -> tuple[Any, float, str] | None:
+        """(DQ node, its float scale, its zero-point name) for a per-tensor DequantizeLinear output."""
+        node = producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            return None
+        s = scalar(node.input[1])
+        return (node, s, node.input[2]) if s is not None and scalar(node.input[2]) is not None else None
+
+    def constant(name: str) -> float | None:
+        if name in inits:
+            return scalar(name)
+        parts = dq_parts(name)
+        if parts is None or parts[0].input[0] not in inits:
+            return None
+        q = scalar(parts[0].input[0])
+        return None if q is None else (q - scalar(parts[2])) * parts[1]
+
+    folded = 0
+    removed: set[int] = set()
+    replacement: dict[int, Any] = {}
+    for mul in list(graph.node):
+        if mul.op_type != "Mul" or len(mul.input) != 2:
+            continue
+        for data, const in ((0, 1), (1, 0)):
+            c = constant(mul.input[const])
+            parts = dq_parts(mul.input[data])
+            if c is None or not c > 0 or parts is None or parts[0].input[0] in inits:
+                continue
+            q_nodes = consumers.get(mul.output[0], [])
+            if len(q_nodes) != 1 or q_nodes[0].op_type != "QuantizeLinear" or mul.output[0] in outputs:
+                continue
+            q_node = q_nodes[0]
+            dqs = consumers.get(q_node.output[0], [])
+            if q_node.output[0] in outputs or not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+                continue
+            dq, s, zp = parts
+            name = f"{mul.name or mul.output[0]}_folded"
+            scale = numpy_helper.from_array(np.array(s * c, dtype=np.float32), name + "_scale")
+            graph.initializer.append(scale)
+            replacement[id(mul)] = helper.make_node(
+                "DequantizeLinear", [dq.input[0], scale.name, zp], [name], name=name
+            )
+            for old in dqs:
+                for user in consumers.get(old.output[0], []):
+                    for i, inp in enumerate(user.input):
+                        if inp == old.output[0]:
+                            user.input[i] = name
+                removed.add(id(old))
+            removed.update({id(mul), id(q_node)})
+            folded += 1
+            break
+    # the new DequantizeLinear takes the Mul's place in the (topologically sorted) node list
+    nodes = [replacement.get(id(n), n) for n in graph.node if id(n) not in removed or id(n) in replacement]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if folded:
+        _drop_unused_nodes(model)
+    return folded
+
+
+def export_quantization_source(
+    wrapper: nn.Module,
+    output: str | os.PathLike,
+    *,
+    input_size: Sequence[int],
+    metadata: Mapping[str, Any],
+    dynamic: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Export ``wrapper`` (an :class:`~segkit.export.onnx.ExportWrapper`) as the fp32 graph to quantize.
+
+    The same function as the regular export, written for int8: hard-swish/hard-sigmoid decomposed
+    (:func:`int8_friendly`) and, for a fixed input size, constant Resize scales
+    (:func:`static_resize_scales`). The regular fp32 file keeps the fused ``HardSwish``, which is what
+    onnxruntime runs fastest in fp32.
+    """
+    import onnx
+
+    from segkit.export.onnx import export_onnx
+
+    path = export_onnx(
+        int8_friendly(wrapper), output, input_size=input_size, metadata=metadata, dynamic=dynamic, opset=opset
+    )
+    if not dynamic:
+        model = onnx.load(str(path))
+        if static_resize_scales(model):
+            onnx.checker.check_model(model)
+            onnx.save_model(model, str(path), save_as_external_data=False)
+    return Path(path)
