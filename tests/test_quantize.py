@@ -11,9 +11,11 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -110,9 +112,95 @@ def test_int8_keeps_miou_and_shrinks_the_file(exported: dict) -> None:
 
 def test_int8_report_lists_fp32_operators_with_reasons(exported: dict) -> None:
     ops = exported["report"]["int8"]["fp32_operators"]
-    assert "HardSigmoid" in ops and "no int8 kernel" in ops["HardSigmoid"]["reason"]
-    assert ops["HardSigmoid"]["count"] > 0
-    assert "Conv" not in ops and "Add" not in ops  # these run as int8 kernels
+    # hard-swish/hard-sigmoid are quantized as Mul/Add/Clip: only the final upsampling stays fp32
+    assert list(ops) == ["Resize"] and ops["Resize"]["count"] == 1
+    assert "final upsampling" in ops["Resize"]["reason"]
+    assert exported["report"]["int8"]["options"]["int8_friendly"] is True
+
+
+def _optimized_graph(path: Path, tmp: Path) -> onnx.GraphProto:
+    """The graph onnxruntime actually runs (QDQ groups fused into QLinear* kernels), layout unchanged."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp / "optimized.onnx")).graph
+
+
+def test_int8_graph_runs_the_activations_as_int8_kernels(exported: dict, tmp_path: Path) -> None:
+    path = Path(exported["report"]["int8"]["path"])
+    saved = onnx.load(str(path)).graph
+    assert not {"HardSigmoid", "HardSwish"} & {n.op_type for n in saved.node}
+    graph = _optimized_graph(path, tmp_path)
+    ops = Counter(n.op_type for n in graph.node)
+    producer = {o: n for n in graph.node for o in n.output}
+    assert not {"HardSigmoid", "HardSwish", "Mul", "Add", "Clip", "Conv"} & set(ops), ops
+    dq_fed = {
+        n.op_type
+        for n in graph.node
+        if any(i in producer and producer[i].op_type == "DequantizeLinear" for i in n.input)
+    }
+    assert dq_fed <= {"Resize"}, f"fp32 operators between DequantizeLinear and QuantizeLinear: {dq_fed}"
+    model = segkit.create_model(MODEL, num_classes=19)
+    n_swish = sum(isinstance(m, torch.nn.Hardswish) for m in model.modules())
+    n_sigmoid = sum(isinstance(m, torch.nn.Hardsigmoid) for m in model.modules())
+    assert (n_swish, n_sigmoid) == (18, 9)
+    # one int8 Mul per hard-swish (x * hardsigmoid(x)) and per SE block (x * scale), plus the LR-ASPP
+    # gate; each hard-sigmoid's x * (1/6) is folded into a DequantizeLinear scale, its + 1/2 is an Add
+    assert ops["QLinearMul"] == n_swish + n_sigmoid + 1, ops
+    assert ops["QLinearAdd"] >= n_swish + n_sigmoid, ops
+    final = next(n for n in graph.node if n.output[0] == graph.output[0].name)
+    assert final.op_type == "Resize", "the logits come straight out of an fp32 Resize, no Q/DQ after it"
+
+
+def test_fold_scalar_muls_is_exact_on_a_qdq_graph() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segkit.export.int8_friendly import fold_scalar_muls
+
+    def init(name: str, value: float, dtype) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+    def model(c: float) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+            helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["cf"]),
+            helper.make_node("Mul", ["xf", "cf"], ["m"], name="mul"),
+            helper.make_node("QuantizeLinear", ["m", "s2", "z2"], ["mq"]),
+            helper.make_node("DequantizeLinear", ["mq", "s2", "z2"], ["mf"]),
+            helper.make_node("Add", ["mf", "xf"], ["y"]),
+        ]
+        inits = [
+            init("s", 0.05, np.float32), init("z", 128, np.uint8), init("cq", 255, np.uint8),
+            init("cs", c / 255, np.float32), init("cz", 0, np.uint8), init("s2", 0.05 * abs(c), np.float32),
+            init("z2", 128, np.uint8),
+        ]  # fmt: skip
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 50])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 50])],
+            inits,
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    x = np.random.default_rng(0).uniform(-7, 7, (4, 50)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    m = model(1 / 6)
+    want = run(m)
+    assert fold_scalar_muls(m) == 1
+    ops = [n.op_type for n in m.graph.node]
+    assert ops == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Add"]
+    assert {i.name for i in m.graph.initializer} == {"s", "z", "mul_folded_scale"}
+    np.testing.assert_allclose(run(m), want, rtol=0, atol=1e-6)
+    xq = np.clip(np.round(x / 0.05) + 128, 0, 255)
+    np.testing.assert_allclose(run(m), (xq - 128) * 0.05 * (1 + 1 / 6), rtol=1e-6, atol=1e-6)
+    negative = model(-0.5)  # a negative scale is not a valid DequantizeLinear scale: left alone
+    assert fold_scalar_muls(negative) == 0 and "Mul" in [n.op_type for n in negative.graph.node]
 
 
 def test_int8_and_executorch_files_load_in_the_predictor(exported: dict) -> None:

@@ -207,6 +207,7 @@ def _quantize(
     log: Any,
 ) -> dict[str, Any]:
     """int8 quantization, calibrated on ``calibration.root``, with fp32 vs int8 mIoU on the val samples."""
+    from segkit.export.int8_friendly import export_quantization_source
     from segkit.export.metadata import build_metadata
     from segkit.export.quantize import fp32_operators, quantize_int8
     from segkit.export.verify import evaluate_miou, load_images, model_input
@@ -229,20 +230,33 @@ def _quantize(
         f"quantizing to int8 ({q['format']}, per-channel={q['per_channel']}) "
         f"on {len(batches)} images: {target}"
     )
-    meta = build_metadata(dynamic=bool(cfg["dynamic"]), precision="int8", **meta_kwargs)
-    quantize_int8(
-        output,
-        target,
-        batches,
-        metadata=meta,
-        quant_format=q["format"],
-        per_channel=bool(q["per_channel"]),
-        activation_type=q["activation_type"],
-        calibrate_method=q["calibrate_method"],
-        op_types_to_quantize=q.get("op_types") or None,
-        extra_options=dict(q.get("extra_options") or {}),
-        optimize_before=bool(q.get("optimize_before", True)),
-    )
+    dynamic = bool(cfg["dynamic"])
+    meta = build_metadata(dynamic=dynamic, precision="int8", **meta_kwargs)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        source = output
+        if q.get("int8_friendly", True):
+            # same function, written with operators that have int8 kernels (see int8_friendly.py)
+            source = export_quantization_source(
+                wrapper,
+                Path(tmp) / "int8_source.onnx",
+                input_size=size,
+                metadata=build_metadata(dynamic=dynamic, **meta_kwargs),
+                dynamic=dynamic,
+                opset=int(cfg["opset"]),
+            )
+        quantize_int8(
+            source,
+            target,
+            batches,
+            metadata=meta,
+            quant_format=q["format"],
+            per_channel=bool(q["per_channel"]),
+            activation_type=q["activation_type"],
+            calibrate_method=q["calibrate_method"],
+            op_types_to_quantize=q.get("op_types") or None,
+            extra_options=dict(q.get("extra_options") or {}),
+            optimize_before=bool(q.get("optimize_before", True)),
+        )
     threads = cfg.get("threads")
     fp32 = Predictor.from_file(output, threads=threads, input_size=size)
     int8 = Predictor.from_file(target, threads=threads, input_size=size)

@@ -78,16 +78,25 @@ def quantize_int8(
     op_types_to_quantize: Sequence[str] | None = None,
     extra_options: Mapping[str, Any] | None = None,
     optimize_before: bool = True,
+    fp32_output_resize: bool = True,
+    fold_muls: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
 ) -> Path:
     """Quantize ``fp32_path`` to ``output`` (one file) after ``quant_pre_process``.
 
     ``activation_type`` 'uint8' with int8 weights (U8S8) is what onnxruntime's x86 kernels are fastest
     with; ``metadata`` (if given) replaces the file's metadata_props, e.g. with ``precision: int8``.
+    ``fp32_output_resize`` leaves a Resize that writes a graph output unquantized: quantizing the
+    full-resolution float logits only to dequantize them straight away costs two passes over the
+    largest tensor, and onnxruntime does not run that Resize in uint8 anyway (its bilinear uint8 kernel
+    is slower than the fp32 one). ``fold_muls`` folds multiplications by a constant into the scale of
+    the DequantizeLinear before them (see :func:`segkit.export.int8_friendly.fold_scalar_muls`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from segkit.export.int8_friendly import fold_scalar_muls
     from segkit.export.metadata import set_onnx_metadata
 
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
@@ -110,8 +119,12 @@ def quantize_int8(
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=not optimize_before)
+        # auto_merge: constant Resize scales give the batch axis the symbolic size floor(1.0*batch)
+        quant_pre_process(
+            str(fp32_path), str(prepared), skip_optimization=not optimize_before, auto_merge=True
+        )
         raw = Path(tmp) / "int8.onnx"
+        exclude = list(nodes_to_exclude) + (output_resize_nodes(prepared) if fp32_output_resize else [])
         root_logger = logging.getLogger()
         level = root_logger.level
         root_logger.setLevel(logging.ERROR)  # one warning per int64 shape tensor otherwise
@@ -126,11 +139,14 @@ def quantize_int8(
                 activation_type=types[activation_type],
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[calibrate_method],
+                nodes_to_exclude=exclude,
                 extra_options=dict(extra_options or {}),
             )
         finally:
             root_logger.setLevel(level)
         model = onnx.load(str(raw))
+        if fold_muls:
+            fold_scalar_muls(model)
         if metadata is not None:
             set_onnx_metadata(model, metadata)
         onnx.checker.check_model(model)
@@ -138,6 +154,15 @@ def quantize_int8(
         onnx.save_model(model, str(final), save_as_external_data=False)
         os.replace(final, output)
     return output
+
+
+def output_resize_nodes(path: str | os.PathLike) -> list[str]:
+    """Names of the Resize nodes of the graph at ``path`` whose output is a graph output."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if n.op_type == "Resize" and any(o in outputs for o in n.output)]
 
 
 def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -159,6 +184,8 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     initializers = {i.name for i in graph.initializer}
     known = set(QDQRegistry) | set(QLinearOpsRegistry)
     counts: Counter[str] = Counter()
+    outputs = {o.name for o in graph.output}
+    output_ops = {n.op_type for n in graph.node if any(o in outputs for o in n.output)}
     for n in graph.node:
         if n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.domain == "com.microsoft":
             continue
@@ -179,6 +206,11 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             reason = (
                 "no int8 kernel in onnxruntime (its quantizer has no rule for this operator): runs in fp32, "
                 "with DequantizeLinear before and QuantizeLinear after it"
+            )
+        elif op == "Resize" and op in output_ops:
+            reason = (
+                "final upsampling to the input size, left fp32 on purpose: onnxruntime's fp32 bilinear "
+                "Resize is faster than its uint8 one, and quantizing the float output costs two passes"
             )
         elif op == "ArgMax":
             reason = "argmax output (indices), computed on dequantized logits"
