@@ -1,14 +1,16 @@
 """CPU inference benchmark: torchvision eager vs segkit eager vs onnxruntime fp32/int8, side by side.
 
     python benchmarks/inference.py [--threads 2] [--sizes 512x1024,1024x2048] [--iters 8] [--json out.json]
+    python benchmarks/inference.py --quick --iters 20   # first size, torchvision-architecture rows only
 
 Batch 1, random weights (speed does not depend on them; denormals are flushed to zero in every runtime,
 as trained weights do not produce them), network only (no resize/argmax around it).
 Rows: torchvision's ``lraspp_mobilenet_v3_large`` eager; segkit's model of the same architecture
 (``from_torchvision_lraspp``) eager, as ONNX fp32 and as int8 (QDQ, per-channel, calibrated on a
-generated sample); then the paper configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling)
-as ONNX fp32 and int8. At the first size, int8 variants of the torchvision-architecture model show
-what the quantization options change. Each row gives ms/frame (median), the ratio to the reference
+generated sample, quantized from the int8-friendly graph as the export command does); then the paper
+configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling) as ONNX fp32 and int8. At the
+first size, int8 variants of the torchvision-architecture model show what the quantization options
+change. Each row gives ms/frame (median), the ratio to the reference
 row, the file size, MAdds and the distance from the compute floor (2 x MAdds / peak fp32 FLOP/s, the
 peak measured as a large fp32 matmul on the same threads). Prints a table and, last, one JSON line.
 """
@@ -35,6 +37,7 @@ import segkit
 from segkit.data import CityscapesDataset
 from segkit.data.sample import generate_sample
 from segkit.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from segkit.export.int8_friendly import export_quantization_source
 from segkit.export.metadata import build_metadata
 from segkit.export.onnx import ExportWrapper, export_onnx
 from segkit.export.quantize import fp32_operators, quantize_int8
@@ -141,7 +144,11 @@ class Bench:
         wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
         fp32 = export_onnx(wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=metadata(name, size))
         f_case = self.ort_case(size, name, "onnxruntime fp32", fp32, feed, madds=madds, ref=ref)
-        int8 = quantize_int8(fp32, stem.with_suffix(".int8.onnx"), batches)
+        # as the export command does: quantize the int8-friendly form of the same network
+        source = export_quantization_source(
+            wrapper, stem.with_suffix(".int8src.onnx"), input_size=size, metadata=metadata(name, size)
+        )
+        int8 = quantize_int8(source, stem.with_suffix(".int8.onnx"), batches)
         self.ort_case(size, name, "onnxruntime int8", int8, feed, madds=madds, ref=f_case,
                       calibration_images=len(batches), size_ratio=int8.stat().st_size / fp32.stat().st_size,
                       fp32_ops={k: v["count"] for k, v in fp32_operators(int8).items()})  # fmt: skip
@@ -184,13 +191,17 @@ class Bench:
         return next(r for r in self.rows if (r["size"], r["model"], r["runtime"]) == (size, model, runtime))
 
 
-#: int8 options tried on the torchvision-architecture model at the first size.
+#: int8 options tried on the torchvision-architecture model at the first size: (source graph, options).
+#: "plain" is the fp32 file as exported (HardSwish), "friendly" the int8-friendly graph the rows use.
 VARIANTS = {
-    "int8 qoperator": dict(quant_format="qoperator"),
-    "int8 activations int8 (S8S8)": dict(activation_type="int8"),
-    "int8 Conv only": dict(op_types_to_quantize=["Conv"]),
-    "int8 symmetric activations": dict(extra_options={"ActivationSymmetric": True}),
-    "int8 HardSwish kept one op": dict(optimize_before=False),
+    "int8 plain graph (HardSigmoid fp32)": ("plain", dict(fp32_output_resize=False, fold_muls=False)),
+    "int8 HardSwish kept one op": ("plain", dict(optimize_before=False, fp32_output_resize=False)),
+    "int8 friendly, Q/DQ on logits": ("friendly", dict(fp32_output_resize=False)),
+    "int8 friendly, x/6 not folded": ("friendly", dict(fold_muls=False)),
+    "int8 qoperator": ("friendly", dict(quant_format="qoperator")),
+    "int8 activations int8 (S8S8)": ("friendly", dict(activation_type="int8")),
+    "int8 Conv only": ("friendly", dict(op_types_to_quantize=["Conv"])),
+    "int8 symmetric activations": ("friendly", dict(extra_options={"ActivationSymmetric": True})),
 }
 
 
@@ -205,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=8)
     p.add_argument("--no-variants", action="store_true", help="skip the int8 option variants")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the first size's torchvision-architecture rows (eager, ONNX fp32, int8): for iterating",
+    )
     a = p.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+    if a.quick:
+        sizes = sizes[:1]
     torch.set_num_threads(a.threads)
     # Random-init weights shrink activations layer by layer into denormal floats, which x86 computes
     # 10x slower; trained weights do not. Flush them to zero in torch and onnxruntime alike.
@@ -259,16 +277,17 @@ def main(argv: list[str] | None = None) -> int:
                              madds=madds_tv)  # fmt: skip
         bench.case(size, TV_ARCH, "torch eager fp32", eager(same), madds=madds_tv, ref=tv_case)
         fp32_tv, f_tv = bench.onnx_pair(TV_ARCH, same, size, feed, batches, madds=madds_tv, ref=tv_case)
-        if si == 0 and not a.no_variants:
-            for label, kw in VARIANTS.items():
-                path = quantize_int8(fp32_tv, tmp / f"variant_{len(bench.cases)}.onnx", batches, **kw)
+        if si == 0 and not a.no_variants and not a.quick:
+            for label, (source, kw) in VARIANTS.items():
+                src = fp32_tv.with_suffix(".int8src.onnx") if source == "friendly" else fp32_tv
+                path = quantize_int8(src, tmp / f"variant_{len(bench.cases)}.onnx", batches, **kw)
                 ops = {k: v["count"] for k, v in fp32_operators(path).items()}
                 bench.ort_case(size, TV_ARCH, label, path, feed, madds=madds_tv, ref=f_tv, fp32_ops=ops)
-        for name, model in paper.items():
+        for name, model in paper.items() if not a.quick else ():
             madds = count_madds(copy.deepcopy(model), size)["total"]
             bench.onnx_pair(name, model, size, feed, batches, madds=madds)
         bench.measure(warm=a.warmup if si == 0 else 1, iters=a.iters if si == 0 else max(3, a.iters // 2))
-        if si == 0:
+        if si == 0 and not a.quick:
             for label, path in (
                 ("onnxruntime fp32", fp32_tv),
                 ("onnxruntime int8", fp32_tv.with_suffix(".int8.onnx")),
