@@ -194,9 +194,9 @@ class Bench:
 #: int8 options tried on the torchvision-architecture model at the first size: (source graph, options).
 #: "plain" is the fp32 file as exported (HardSwish), "friendly" the int8-friendly graph the rows use.
 VARIANTS = {
-    "int8 plain graph (HardSigmoid fp32)": ("plain", dict(fp32_output_resize=False, fold_muls=False)),
-    "int8 HardSwish kept one op": ("plain", dict(optimize_before=False, fp32_output_resize=False)),
-    "int8 friendly, Q/DQ on logits": ("friendly", dict(fp32_output_resize=False)),
+    "int8 plain graph (HardSigmoid fp32)": ("plain", dict(fp32_head=False, fold_muls=False)),
+    "int8 HardSwish kept one op": ("plain", dict(optimize_before=False, fp32_head=False)),
+    "int8 friendly, int8 head, Q/DQ on logits": ("friendly", dict(fp32_head=False)),
     "int8 friendly, x/6 not folded": ("friendly", dict(fold_muls=False)),
     "int8 qoperator": ("friendly", dict(quant_format="qoperator")),
     "int8 activations int8 (S8S8)": ("friendly", dict(activation_type="int8")),

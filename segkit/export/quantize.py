@@ -78,7 +78,7 @@ def quantize_int8(
     op_types_to_quantize: Sequence[str] | None = None,
     extra_options: Mapping[str, Any] | None = None,
     optimize_before: bool = True,
-    fp32_output_resize: bool = True,
+    fp32_head: bool = True,
     fold_muls: bool = True,
     nodes_to_exclude: Sequence[str] = (),
 ) -> Path:
@@ -86,10 +86,12 @@ def quantize_int8(
 
     ``activation_type`` 'uint8' with int8 weights (U8S8) is what onnxruntime's x86 kernels are fastest
     with; ``metadata`` (if given) replaces the file's metadata_props, e.g. with ``precision: int8``.
-    ``fp32_output_resize`` leaves a Resize that writes a graph output unquantized: quantizing the
-    full-resolution float logits only to dequantize them straight away costs two passes over the
-    largest tensor, and onnxruntime does not run that Resize in uint8 anyway (its bilinear uint8 kernel
-    is slower than the fp32 one). ``fold_muls`` folds multiplications by a constant into the scale of
+    ``fp32_head`` leaves the final upsampling to the input size and the classifier Conv/Add nodes that
+    only feed it in fp32 (:func:`output_head_nodes`): quantizing the full-size float logits only to
+    dequantize them straight away costs two passes over the largest tensor, onnxruntime's fp32 bilinear
+    Resize is faster than its uint8 one, and after an fp32 Conv it runs in the blocked NCHWc layout,
+    faster again; the classifiers themselves are 1x1 convolutions at 1/8 resolution.
+    ``fold_muls`` folds multiplications by a constant into the scale of
     the DequantizeLinear before them (see :func:`segkit.export.int8_friendly.fold_scalar_muls`).
     """
     import onnx
@@ -124,7 +126,7 @@ def quantize_int8(
             str(fp32_path), str(prepared), skip_optimization=not optimize_before, auto_merge=True
         )
         raw = Path(tmp) / "int8.onnx"
-        exclude = list(nodes_to_exclude) + (output_resize_nodes(prepared) if fp32_output_resize else [])
+        exclude = list(nodes_to_exclude) + (output_head_nodes(prepared) if fp32_head else [])
         root_logger = logging.getLogger()
         level = root_logger.level
         root_logger.setLevel(logging.ERROR)  # one warning per int64 shape tensor otherwise
@@ -156,13 +158,33 @@ def quantize_int8(
     return output
 
 
-def output_resize_nodes(path: str | os.PathLike) -> list[str]:
-    """Names of the Resize nodes of the graph at ``path`` whose output is a graph output."""
+def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
+    """Names of the nodes of the graph at ``path`` that only compute the final upsampled logits.
+
+    The Resize writing a graph output and, with ``head``, the Conv/Add nodes before it whose results
+    feed nothing else (LR-ASPP's two classifiers and their sum; a single classifier Conv elsewhere).
+    """
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     outputs = {o.name for o in graph.output}
-    return [n.name for n in graph.node if n.op_type == "Resize" and any(o in outputs for o in n.output)]
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n.name)
+    found = [n for n in graph.node if n.op_type == "Resize" and any(o in outputs for o in n.output)]
+    names = {n.name for n in found}
+    todo = [n.input[0] for n in found] if head else []
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.op_type not in ("Conv", "Add") or node.name in names:
+            continue
+        if not all(c in names for o in node.output for c in consumers.get(o, [])):
+            continue
+        names.add(node.name)
+        todo.extend(i for i in node.input if i in producer)
+    return [n.name for n in graph.node if n.name in names]
 
 
 def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -184,8 +206,8 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     initializers = {i.name for i in graph.initializer}
     known = set(QDQRegistry) | set(QLinearOpsRegistry)
     counts: Counter[str] = Counter()
-    outputs = {o.name for o in graph.output}
-    output_ops = {n.op_type for n in graph.node if any(o in outputs for o in n.output)}
+    head = set(output_head_nodes(path))
+    head_ops = {n.op_type for n in graph.node if n.name in head}
     for n in graph.node:
         if n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.domain == "com.microsoft":
             continue
@@ -207,10 +229,10 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
                 "no int8 kernel in onnxruntime (its quantizer has no rule for this operator): runs in fp32, "
                 "with DequantizeLinear before and QuantizeLinear after it"
             )
-        elif op == "Resize" and op in output_ops:
+        elif op in head_ops:
             reason = (
-                "final upsampling to the input size, left fp32 on purpose: onnxruntime's fp32 bilinear "
-                "Resize is faster than its uint8 one, and quantizing the float output costs two passes"
+                "final upsampling to the input size or the classifier before it, left fp32 on purpose "
+                "(quantize_int8's fp32_head): faster than int8 there, see its docstring"
             )
         elif op == "ArgMax":
             reason = "argmax output (indices), computed on dequantized logits"
