@@ -66,6 +66,16 @@ def resolve_amp(amp: str | bool | None, device: torch.device) -> torch.dtype | N
     raise ValueError(f"train.amp must be auto, none, fp16 or bf16, got {amp!r}")
 
 
+def resolve_channels_last(value: str | bool | None, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` is on for CPU training, where NHWC convolutions (above all the
+    depthwise ones' backward) measured several times faster than NCHW; off on CUDA unless asked."""
+    if value in ("auto", None):
+        return device.type == "cpu"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"train.channels_last must be auto, true or false, got {value!r}")
+
+
 # --------------------------------------------------------------------------- one optimizer step
 @dataclass
 class TrainStep:
@@ -241,7 +251,7 @@ class Trainer:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         self.ignore_index = int(cfg.dataset.get("ignore_index", labels.IGNORE_INDEX))
         self.amp_dtype = resolve_amp(self.tcfg.get("amp", "auto"), self.device)
-        self.channels_last = bool(self.tcfg.get("channels_last", False))
+        self.channels_last = resolve_channels_last(self.tcfg.get("channels_last", "auto"), self.device)
         self.best_miou = -math.inf
         self.last_metrics: dict[str, Any] = {}
         self.writer: Any = None
