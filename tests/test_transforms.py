@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from segkit.config import group_options, load_group
 from segkit.data import CityscapesDataset
-from segkit.data.transforms import build_transforms
+from segkit.data.transforms import RandomScaleCrop, build_transforms
 
 
 def _label_image(seed: int, h: int = 64, w: int = 128, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -47,22 +47,69 @@ def test_every_config_has_train_and_val_pipelines() -> None:
 def test_recipe_parameters(name: str, crop: tuple[int, int]) -> None:
     train, _ = build_transforms(name)
     kinds = {type(t).__name__: t for t in train.transforms}
-    scale, crop_t = kinds["RandomScale"], kinds["RandomCrop"]
+    sc = kinds["RandomScaleCrop"]
     low, high = (0.5, 2.0) if name != "smoke" else (0.75, 1.25)
-    assert (1 + scale.scale_limit[0], 1 + scale.scale_limit[1]) == (low, high)
+    assert sc.scale == (low, high) and (sc.height, sc.width) == crop
+    assert sc.mask_interpolation == cv2.INTER_NEAREST and sc.interpolation == cv2.INTER_LINEAR
+    assert (sc.fill, sc.fill_mask, sc.p) == (0, 255, 1.0)
     factors = []
-    for s in range(40):  # the factor actually drawn, from output sizes
-        only = A.Compose([scale], seed=s)
-        factors.append(only(image=np.zeros((200, 100, 3), np.uint8))["image"].shape[0] / 200)
-    assert low - 0.01 <= min(factors) < low + 0.2 and high - 0.3 < max(factors) <= high + 0.01
-    assert scale.mask_interpolation == cv2.INTER_NEAREST and scale.p == 1.0
-    assert (crop_t.height, crop_t.width) == crop and crop_t.pad_if_needed and crop_t.fill_mask == 255
-    assert crop_t.fill == 0
+    for s in range(60):  # the factor actually drawn (x scale of the warp matrix)
+        sc.set_random_seed(s)
+        factors.append(sc.get_params_dependent_on_data({"shape": (1000, 2000, 3)}, {})["matrix"][0, 0])
+    assert low <= min(factors) < low + 0.2 and high - 0.2 < max(factors) <= high
     assert kinds["HorizontalFlip"].p == 0.5
     assert isinstance(kinds["ColorJitter"], A.ImageOnlyTransform)
     norm = kinds["Normalize"]
     np.testing.assert_allclose(np.ravel(norm.mean), [0.485, 0.456, 0.406])
     np.testing.assert_allclose(np.ravel(norm.std), [0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("scale,y0,x0", [(0.5, 0, 0), (0.8, 0, 0), (1.37, 10, 33), (2.0, 60, 190)])
+def test_random_scale_crop_equals_resize_pad_crop(sample_root, scale: float, y0: int, x0: int) -> None:
+    """The one-warp crop matches cv2.resize + constant pad (0 / 255) + crop: image within 1 grey level."""
+    rgb, mask = CityscapesDataset(sample_root, "train", verbose=False).load(1)
+    h, w = mask.shape
+    sh, sw = round(h * scale), round(w * scale)
+    ch, cw = 48, 96
+    img = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_LINEAR)
+    ph, pw = max(sh, ch), max(sw, cw)
+    img = cv2.copyMakeBorder(img, 0, ph - sh, 0, pw - sw, cv2.BORDER_CONSTANT, value=0)
+    y0, x0 = min(y0, ph - ch), min(x0, pw - cw)
+    ref_img = img[y0 : y0 + ch, x0 : x0 + cw]
+    ref_msks = []  # OpenCV's two nearest-neighbour conventions differ only in rounding at ties
+    for flag in (cv2.INTER_NEAREST, cv2.INTER_NEAREST_EXACT):
+        msk = cv2.resize(mask, (sw, sh), interpolation=flag)
+        msk = cv2.copyMakeBorder(msk, 0, ph - sh, 0, pw - sw, cv2.BORDER_CONSTANT, value=255)
+        ref_msks.append(msk[y0 : y0 + ch, x0 : x0 + cw])
+
+    t = RandomScaleCrop(ch, cw, scale=(scale, scale))
+    fx, fy = sw / w, sh / h
+    matrix = np.array([[fx, 0.0, 0.5 * fx - 0.5 - x0], [0.0, fy, 0.5 * fy - 0.5 - y0]])
+    out_img = t.apply(rgb, matrix, (sh - y0, sw - x0))
+    out_msk = t.apply_to_mask(mask, matrix, (sh - y0, sw - x0))
+    assert out_img.shape == (ch, cw, 3) and out_msk.shape == (ch, cw) and out_msk.dtype == np.uint8
+    assert np.abs(out_img.astype(int) - ref_img.astype(int)).max() <= 1
+    pad = np.zeros((ch, cw), bool)  # the padded area: beyond the scaled image
+    pad[max(sh - y0, 0) :] = True
+    pad[:, max(sw - x0, 0) :] = True
+    assert (out_msk[pad] == 255).all() and (out_img[pad] == 0).all()
+    assert pad.any() == (sh - y0 < ch or sw - x0 < cw)
+    assert max((out_msk == ref).mean() for ref in ref_msks) > 0.97
+    assert set(np.unique(out_msk).tolist()) <= set(np.unique(mask).tolist()) | {255}
+
+
+def test_random_scale_crop_offsets_cover_the_scaled_image() -> None:
+    t = RandomScaleCrop(64, 64, scale=(1.0, 1.0))
+    offsets = set()
+    for s in range(300):
+        t.set_random_seed(s)
+        m = t.get_params_dependent_on_data({"shape": (80, 160)}, {})["matrix"]
+        offsets.add((round(-m[1, 2]), round(-m[0, 2])))
+    ys, xs = zip(*offsets)
+    assert set(ys) == set(range(17))  # every vertical offset 0..16 drawn
+    assert min(xs) >= 0 and max(xs) <= 96 and len(set(xs)) > 80
+    with pytest.raises(ValueError, match="scale"):
+        RandomScaleCrop(8, 8, scale=(2.0, 1.0))
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -32,11 +32,18 @@ SPLITS = ("train", "val", "test", "train_extra")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_VALID_ID = np.zeros(256, dtype=bool)
-_VALID_ID[sorted(i for i in labels.VALID_IDS if 0 <= i < 256)] = True
-_VALID_TRAIN_ID = np.zeros(256, dtype=bool)
-_VALID_TRAIN_ID[: labels.NUM_CLASSES] = True
-_VALID_TRAIN_ID[labels.IGNORE_INDEX] = True
+_INVALID = 254  # marks a value outside the table: neither a trainId (0..18, 255) nor reachable otherwise
+
+
+def _lut(mapping: np.ndarray, valid: list[int]) -> np.ndarray:
+    """256-entry uint8 lookup: valid values mapped, every other value -> _INVALID (for cv2.LUT)."""
+    lut = np.full(256, _INVALID, dtype=np.uint8)
+    lut[valid] = mapping[valid]
+    return lut
+
+
+_ID_LUT = _lut(labels.ID_TO_TRAIN_ID, sorted(i for i in labels.VALID_IDS if 0 <= i < 256))
+_TRAIN_ID_LUT = _lut(np.arange(256, dtype=np.uint8), [*range(labels.NUM_CLASSES), labels.IGNORE_INDEX])
 
 
 class CityscapesError(ValueError):
@@ -193,14 +200,15 @@ class CityscapesDataset(torch.utils.data.Dataset):
                 f"image/label size mismatch: {image_path} is {rgb.shape[1]}x{rgb.shape[0]} but "
                 f"{label_path} is {raw.shape[1]}x{raw.shape[0]} (width x height)"
             )
-        valid = _VALID_TRAIN_ID if tid_path else _VALID_ID
-        if self.check_values:
-            present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))
-            bad = present[~valid[present]]
-            if bad.size:
+        # one cv2.LUT both maps ids -> trainIds and flags values outside the table (much cheaper than numpy)
+        mapped = cv2.LUT(raw, _TRAIN_ID_LUT if tid_path else _ID_LUT)
+        if (mapped == _INVALID).any():
+            if self.check_values:
+                bad = np.unique(raw[mapped == _INVALID])
                 kind = "trainIds" if tid_path else "Cityscapes label ids"
                 raise CityscapesError(f"label values {bad.tolist()} are not {kind}: {label_path}")
-        return rgb, (raw if tid_path else labels.ID_TO_TRAIN_ID[raw])
+            mapped[mapped == _INVALID] = labels.IGNORE_INDEX
+        return rgb, mapped
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rgb, mask = self.load(index)

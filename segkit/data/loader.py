@@ -19,7 +19,6 @@ import random
 from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -171,8 +170,9 @@ class ShardSampler(Sampler[int]):
 
 
 def _worker_init(_: int) -> None:
-    # one thread per worker: parallelism comes from the workers, oversubscription only slows them down
-    cv2.setNumThreads(1)
+    # One thread per worker: parallelism comes from the workers. (torch does this too; OpenCV's thread
+    # count must not be changed here: cv2.setNumThreads in a forked child deadlocks once the parent has
+    # used OpenCV's thread pool, so OpenCV calls inside workers simply run on the pool they inherited.)
     torch.set_num_threads(1)
 
 
