@@ -139,5 +139,96 @@ def test_rebuild_save_load_and_export(tiny, tmp_path) -> None:
     torch.testing.assert_close(torch.from_numpy(out[0]), ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="11 blocks"):
         build_adapted_model(cfg["model_config"], [8, 24])
-    with pytest.raises(ValueError, match=r"expanded_channels\[0\]=16"):
+    with pytest.raises(ValueError, match=r"block 0: widths 8->16->8 would change its layout"):
         build_adapted_model(cfg["model_config"], [16] + cfg["expanded_channels"][1:])
+
+
+@pytest.fixture(scope="module")
+def small_x1() -> torch.nn.Module:
+    torch.manual_seed(1)
+    model = create_model("lraspp_mobilenetv3_small").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_residual_groups_skip_decoder_inputs(small_x1) -> None:
+    from segkit.search.arch import residual_groups
+
+    groups = residual_groups(small_x1)
+    # MobileNetV3-Small: 24-group (blocks 1-2) is the low-level decoder input and the 48-group (6-7) a
+    # feature tap: only the 40-group (read by block 6 = features[7]) and the tail (read by the last conv)
+    assert [(g.blocks, g.channels, g.consumer) for g in groups] == [((3, 4, 5), 40, 7), ((8, 9, 10), 48, 12)]
+    large = create_model("lraspp_mobilenetv3_large", encoder_params={"width_mult": 0.35})
+    assert [(g.blocks, g.channels) for g in residual_groups(large)] == [
+        ((6, 7, 8, 9), 32),
+        ((12, 13, 14), 32),
+    ]
+
+
+@pytest.mark.parametrize("group_index", [0, 1])
+@torch.no_grad()
+def test_group_shrink_equals_original_with_removed_channels_zeroed(small_x1, group_index) -> None:
+    import copy
+
+    from segkit.search.arch import out_channels, residual_groups, shrink_group
+
+    group = residual_groups(small_x1)[group_index]
+    original = copy.deepcopy(small_x1)
+    narrow, keep = shrink_group(original, group, group.channels - 16)
+    outs = out_channels(narrow)
+    assert [outs[b] for b in group.blocks] == [group.channels - 16] * len(group.blocks)
+    assert len(keep) == group.channels - 16
+    x = torch.randn(2, 3, 64, 128)
+    if group_index == 1:
+        assert not torch.allclose(narrow(x), original(x), atol=1e-3)
+    removed = torch.tensor(
+        [c for c in range(group.channels) if c not in set(keep.tolist())], dtype=torch.long
+    )
+    for b in group.blocks:  # silence the removed bottleneck channels at every write into the residual stream
+        project = _parts(encoder_blocks(original)[b][1]).project
+        project[0].weight[removed] = 0
+        project[1].weight[removed] = 0
+        project[1].bias[removed] = 0
+    torch.testing.assert_close(narrow(x), original(x), rtol=1e-5, atol=1e-5)
+    # rebuild from widths, strict load
+    cfg = adapted_config(narrow)
+    rebuilt = build_adapted_model(cfg["model_config"], cfg["expanded_channels"], cfg["out_channels"])
+    rebuilt.load_state_dict(narrow.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), narrow(x))
+
+
+def test_group_and_width_errors(small_x1) -> None:
+    from segkit.search.arch import apply_expansions, out_channels, residual_groups, shrink_group
+
+    group = residual_groups(small_x1)[0]
+    with pytest.raises(ValueError, match="multiple of 8 in 8..32"):
+        shrink_group(small_x1, group, 36)
+    # a width equal to a reader's expansion would make torchvision drop that block's expansion conv
+    tail = residual_groups(small_x1)[1]
+    assert tail.channels == 48
+    model = create_model("lraspp_mobilenetv3_small")
+    exp = expanded_channels(model)
+    exp[9] = 40
+    apply_expansions(model, exp)
+    with pytest.raises(ValueError, match="equals the expansion of a block reading it"):
+        shrink_group(model, residual_groups(model)[1], 40)
+    outs = out_channels(small_x1)
+    outs[2] = 16  # the low-level decoder input (and a residual group)
+    with pytest.raises(ValueError, match="would change its layout|decoder input"):
+        apply_expansions(copy_of(small_x1), expanded_channels(small_x1), outs)
+    outs = out_channels(small_x1)
+    outs[1], outs[2] = 16, 16  # the whole 24-group: layout fine, but block 2 is the decoder's low-level input
+    with pytest.raises(ValueError, match="decoder input"):
+        apply_expansions(copy_of(small_x1), expanded_channels(small_x1), outs)
+
+
+def copy_of(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

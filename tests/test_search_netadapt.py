@@ -26,6 +26,7 @@ from segkit.search.reward import reward
 
 SIZE = (64, 128)
 ORIGINAL = [8, 24, 32, 32, 88, 88, 40, 48, 104, 104, 104]  # MobileNetV3-Small x0.35, reduced tail
+OUTS = [8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 16]
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,12 @@ def test_netadapt_search_with_deterministic_latency(tiny, tmp_path) -> None:
     hist = result.history
     its = hist["iterations"]
     assert len(its) == 3 and hist["final"]["stopped"] == "iterations done"
-    assert hist["initial"] == {"latency": start, "acc": fake_accuracy(tiny), "expanded_channels": ORIGINAL}
+    assert hist["initial"] == {
+        "latency": start,
+        "acc": fake_accuracy(tiny),
+        "expanded_channels": ORIGINAL,
+        "out_channels": OUTS,
+    }
     prev = start
     for i, it in enumerate(its):
         assert it["step"] == pytest.approx(0.03 * 0.5**i)  # the budget step decays
@@ -140,12 +146,13 @@ def test_netadapt_search_with_deterministic_latency(tiny, tmp_path) -> None:
         assert it["previous_latency"] == pytest.approx(prev)
         for p in it["proposals"]:  # every proposal, the chosen one included, meets the target
             assert p["latency"] <= it["target_latency"] + 1e-12
-            assert p["block"] in [1, 3, 4, 8, 9] and p["expanded"] < p["expanded_before"]
+            assert p["kind"] == "expansion" and p["blocks"] == [p["block"]]
+            assert p["block"] in [1, 3, 4, 8, 9] and p["width"] < p["width_before"]
         ratios = [p["ratio"] for p in it["proposals"]]
         best = it["proposals"][int(np.argmax(ratios))]
-        assert (it["chosen_block"], it["expanded"], it["latency"]) == (
+        assert (it["chosen_block"], it["width"], it["latency"]) == (
             best["block"],
-            best["expanded"],
+            best["width"],
             best["latency"],
         )
         assert ratios == pytest.approx(
@@ -173,6 +180,39 @@ def test_netadapt_search_with_deterministic_latency(tiny, tmp_path) -> None:
     x = torch.randn(1, 3, *SIZE)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), result.model.eval()(x))
+
+
+def test_netadapt_bottleneck_proposal_of_a_residual_group(tiny, tmp_path) -> None:
+    from segkit.inference import Predictor
+    from segkit.search.arch import export_adapted_onnx, out_channels, residual_groups
+
+    (group,) = residual_groups(tiny)  # the reduced tail: block 8 makes 16 channels, 9 and 10 add to them
+    assert (group.blocks, group.channels) == ((8, 9, 10), 16)
+    est = TableLatency(LatencyTable(madds_timer), SIZE)
+    res = netadapt(
+        tiny, latency=est, fine_tune=lambda m, s: None, evaluate=fake_accuracy,
+        iterations=1, step=0.02, blocks=[8, 9, 10], log=None,
+    )  # fmt: skip
+    (it,) = res.history["iterations"]
+    kinds = [p["kind"] for p in it["proposals"]]
+    assert kinds == ["expansion"] * 3 + ["bottleneck"]
+    bott = it["proposals"][3]
+    assert (bott["blocks"], bott["width_before"], bott["width"]) == ([8, 9, 10], 16, 8)
+    assert bott["latency"] <= it["target_latency"]
+    # fake_accuracy ignores bottleneck widths: ratio 0 beats every expansion proposal's negative ratio
+    assert bott["ratio"] == 0 and all(p["ratio"] < 0 for p in it["proposals"][:3])
+    assert (it["chosen_kind"], it["chosen_blocks"]) == ("bottleneck", [8, 9, 10])
+    assert out_channels(res.model) == OUTS[:8] + [8, 8, 8] == res.history["final"]["out_channels"]
+    assert est(res.model) == pytest.approx(bott["latency"])
+    # the narrower model rebuilds from its adapted config and exports for the predictor
+    cfg = res.history["adapted_config"]
+    rebuilt = build_adapted_model(cfg["model_config"], cfg["expanded_channels"], cfg["out_channels"])
+    rebuilt.load_state_dict(res.model.state_dict())
+    path = export_adapted_onnx(rebuilt, tmp_path / "narrow.onnx", input_size=SIZE)
+    pred = Predictor.from_file(path, threads=1)
+    x = np.random.default_rng(0).integers(0, 255, (*SIZE, 3), dtype=np.uint8)
+    probs = pred.probabilities(x)
+    assert probs.shape[0] == 19 and np.allclose(probs.sum(0), 1.0, atol=1e-4)
 
 
 def test_netadapt_stops_at_target_or_when_stuck(tiny) -> None:

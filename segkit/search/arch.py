@@ -247,50 +247,76 @@ def _plain_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(dict(model_config))
 
 
-def apply_expansions(model: nn.Module, expansions: Sequence[int]) -> nn.Module:
-    """Replace (in place) every block whose expansion differs from ``expansions`` by a fresh block."""
+def apply_expansions(
+    model: nn.Module, expansions: Sequence[int], outs: Sequence[int] | None = None
+) -> nn.Module:
+    """Replace (in place) every block whose widths differ from ``expansions`` (and ``outs``) by a fresh one.
+
+    ``outs`` are the blocks' output (bottleneck) widths; a block's input is the previous block's output.
+    The final 1x1 conv follows the last block's width. Widths that would change a block's layout (add or
+    drop its expansion conv or residual connection) or a width the decoder reads are refused.
+    """
     blocks = encoder_blocks(model)
-    if len(expansions) != len(blocks):
-        raise ValueError(
-            f"expanded_channels has {len(expansions)} entries, the model has {len(blocks)} blocks"
-        )
+    for name, values in (("expanded_channels", expansions), ("out_channels", outs)):
+        if values is not None and len(values) != len(blocks):
+            raise ValueError(f"{name} has {len(values)} entries, the model has {len(blocks)} blocks")
     features = _features(model)
-    for k, ((index, block), e) in enumerate(zip(blocks, expansions)):
+    taps = set(getattr(getattr(model, "encoder", model), "tap_indices", []))
+    prev_out: int | None = None
+    for k, (index, block) in enumerate(blocks):
         spec = block_spec(block)
-        if int(e) == spec.expanded_channels:
+        target = replace(
+            spec,
+            input_channels=spec.input_channels if prev_out is None else prev_out,
+            expanded_channels=int(expansions[k]),
+            out_channels=spec.out_channels if outs is None else int(outs[k]),
+        )
+        prev_out = target.out_channels
+        if target == spec:
             continue
-        if not spec.shrinkable or int(e) == spec.input_channels:
+        residual = spec.stride == 1 and spec.input_channels == spec.out_channels
+        keeps_residual = residual == (target.stride == 1 and target.input_channels == target.out_channels)
+        if target.shrinkable != spec.shrinkable or not keeps_residual:
+            t, o = target, spec
             raise ValueError(
-                f"expanded_channels[{k}]={e}: block {k} ({spec.input_channels} in) cannot take that expansion"
+                f"block {k}: widths {t.input_channels}->{t.expanded_channels}->{t.out_channels} would change "
+                f"its layout (was {o.input_channels}->{o.expanded_channels}->{o.out_channels})"
             )
-        features[index] = new_block(replace(spec, expanded_channels=int(e)), like=block)
+        if target.out_channels != spec.out_channels and index in taps:
+            raise ValueError(f"out_channels[{k}]: block {k}'s output is a decoder input; its width is fixed")
+        features[index] = new_block(target, like=block)
+    final = _final_conv(model)
+    if final is not None and prev_out is not None and final[1][0].in_channels != prev_out:
+        features[final[0]] = _sliced_final_conv(final[1], torch.arange(prev_out))
     return model
 
 
-def build_adapted_model(model_config: Mapping[str, Any], expansions: Sequence[int]) -> nn.Module:
-    """Build ``model_config`` (``segkit.models.build_model`` keys) with per-block ``expansions``.
+def build_adapted_model(
+    model_config: Mapping[str, Any], expansions: Sequence[int], outs: Sequence[int] | None = None
+) -> nn.Module:
+    """Build ``model_config`` (``segkit.models.build_model`` keys) with per-block widths.
 
-    Random initial weights (the base config's ``encoder_weights`` are not loaded: their shapes differ);
-    load a searched state dict into it. The model carries ``model_config`` and ``expanded_channels``.
+    ``expansions``: every block's expansion size; ``outs``: every block's output width (None: the
+    config's). Random initial weights (the base config's ``encoder_weights`` are not loaded: their
+    shapes differ); load a searched state dict into it.
     """
     from segkit.models import build_model
 
     cfg = _plain_config(model_config)
     cfg.pop("_target_", None)
     cfg["encoder_weights"] = None
-    model = apply_expansions(build_model(**cfg), expansions)
-    model.expanded_channels = [int(e) for e in expansions]  # type: ignore[assignment]
-    return model
+    return apply_expansions(build_model(**cfg), expansions, outs)
 
 
 def adapted_config(model: nn.Module) -> dict[str, Any]:
-    """``{"model_config", "expanded_channels", "blocks"}``: everything needed to rebuild ``model``."""
+    """``{"model_config", "expanded_channels", "out_channels", "blocks"}``: what rebuilds ``model``."""
     base = getattr(model, "model_config", None)
     if base is None:
         raise ValueError("model has no model_config: build it with segkit.models.build_model/create_model")
     return {
         "model_config": _plain_config(base),
         "expanded_channels": expanded_channels(model),
+        "out_channels": out_channels(model),
         "blocks": [asdict(block_spec(b)) for _, b in encoder_blocks(model)],
     }
 
@@ -307,7 +333,7 @@ def save_adapted(
 
     cfg = adapted_config(model)
     meta = model_metadata(cfg["model_config"], input_size=list(input_size) if input_size else None)
-    search = {"expanded_channels": cfg["expanded_channels"]}
+    search = {"expanded_channels": cfg["expanded_channels"], "out_channels": cfg["out_channels"]}
     payload = {**meta, "model": model.state_dict(), SEARCH_KEY: search}
     payload.update(extra)
     return save_checkpoint(path, payload)
@@ -321,7 +347,7 @@ def load_adapted(path: str | os.PathLike) -> nn.Module:
     search = ckpt.get(SEARCH_KEY)
     if not isinstance(search, Mapping) or "expanded_channels" not in search:
         raise ValueError(f"{path}: not a searched model (no '{SEARCH_KEY}.expanded_channels' entry)")
-    model = build_adapted_model(ckpt["model_config"], search["expanded_channels"])
+    model = build_adapted_model(ckpt["model_config"], search["expanded_channels"], search.get("out_channels"))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -354,7 +380,7 @@ def export_adapted_onnx(
         dynamic=False,
         preprocess=False,
         argmax=False,
-        extra={"expanded_channels": cfg["expanded_channels"]},
+        extra={"expanded_channels": cfg["expanded_channels"], "out_channels": cfg["out_channels"]},
     )
     wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
     import warnings
@@ -362,3 +388,168 @@ def export_adapted_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return export_onnx(wrapper, path, input_size=input_size, metadata=meta)
+
+
+# --- bottleneck (residual group) width --------------------------------------------------------------
+#
+# The paper's second kind of NetAdapt proposal: shrink the bottleneck width shared by a residual group
+# (the block that produces it and the residual blocks that add to it), the same channels removed in all
+# of them so the residual sums stay aligned; the layer after the group loses the same input channels.
+
+
+@dataclass(frozen=True)
+class ResidualGroup:
+    """Blocks (positions) sharing one bottleneck width: a producer, then residual blocks; and its consumer.
+
+    ``consumer`` is the ``encoder.features`` index of the layer reading the group's output (the next
+    block or the final 1x1 conv).
+    """
+
+    blocks: tuple[int, ...]
+    channels: int
+    consumer: int
+
+
+def _final_conv(model: nn.Module) -> tuple[int, nn.Module] | None:
+    features = _features(model)
+    last = len(features) - 1
+    m = features[last]
+    if isinstance(m, InvertedResidual) or not isinstance(m[0], nn.Conv2d) or m[0].kernel_size != (1, 1):
+        return None
+    return last, m
+
+
+def residual_groups(model: nn.Module) -> list[ResidualGroup]:
+    """The residual groups whose width can be searched.
+
+    A group qualifies when its producer is a block (not the stem), every member and the consumer have an
+    expansion conv (whose inputs can be sliced), and none of its outputs is an encoder feature tap
+    (a tapped width feeds the decoder, whose layers this module does not resize).
+    """
+    blocks = encoder_blocks(model)
+    taps = set(getattr(getattr(model, "encoder", model), "tap_indices", []))
+    final = _final_conv(model)
+    groups = []
+    k = 0
+    while k < len(blocks):
+        members = [k]
+        while k + 1 < len(blocks) and blocks[k + 1][1].use_res_connect:
+            k += 1
+            members.append(k)
+        k += 1
+        specs = [block_spec(blocks[m][1]) for m in members]
+        if len(members) < 2 or blocks[members[0]][1].use_res_connect:
+            continue  # no residual block, or the producer is the stem (the group starts with a residual)
+        if not all(s.shrinkable for s in specs):
+            continue
+        if any(blocks[m][0] in taps for m in members):
+            continue
+        last = members[-1]
+        if last + 1 < len(blocks):
+            consumer = blocks[last + 1][0]
+            if not block_spec(blocks[last + 1][1]).shrinkable:
+                continue
+        elif final is not None:
+            consumer = final[0]
+        else:
+            continue
+        groups.append(ResidualGroup(tuple(members), specs[0].out_channels, consumer))
+    return groups
+
+
+def group_importance(
+    model: nn.Module, group: ResidualGroup, norm: Literal["l1", "l2"] = "l1"
+) -> torch.Tensor:
+    """Importance of each bottleneck channel: summed norms of the rows writing it (every projection)."""
+    blocks = encoder_blocks(model)
+    return sum(_row_norm(_parts(blocks[b][1]).project[0].weight, norm) for b in group.blocks)  # type: ignore[return-value]
+
+
+def _sliced_block(
+    block: InvertedResidual, in_keep: torch.Tensor | None, out_keep: torch.Tensor | None
+) -> InvertedResidual:
+    """A copy of ``block`` reading only ``in_keep`` input channels and writing only ``out_keep`` outputs."""
+    spec = block_spec(block)
+    new_spec = replace(
+        spec,
+        input_channels=spec.input_channels if in_keep is None else len(in_keep),
+        out_channels=spec.out_channels if out_keep is None else len(out_keep),
+    )
+    out = new_block(new_spec, like=block).to(next(block.parameters()).device)
+    old_p, new_p = _parts(block), _parts(out)
+    if (old_p.expand is None) != (new_p.expand is None):
+        raise ValueError(f"new width would change the block's layout ({spec} -> {new_spec})")
+    state = {}
+    expand_prefix = "block.0.0." if old_p.expand is not None else None
+    project_prefix = f"block.{len(block.block) - 1}."
+    for name, value in block.state_dict().items():
+        if expand_prefix and name == expand_prefix + "weight" and in_keep is not None:
+            value = value[:, in_keep]
+        elif name.startswith(project_prefix) and out_keep is not None and value.ndim > 0:
+            value = value[out_keep]
+        state[name] = value
+    out.load_state_dict(state)
+    out.train(block.training)
+    return out
+
+
+def _sliced_final_conv(conv: nn.Module, in_keep: torch.Tensor) -> nn.Module:
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    c, bn = conv[0], conv[1]
+    act = type(conv[2]) if len(conv) > 2 else None
+    new = Conv2dNormActivation(
+        len(in_keep), c.out_channels, kernel_size=1,
+        norm_layer=partial(nn.BatchNorm2d, eps=bn.eps, momentum=bn.momentum), activation_layer=act,
+    ).to(c.weight.device)  # fmt: skip
+    state = conv.state_dict()
+    state["0.weight"] = state["0.weight"][:, in_keep]
+    new.load_state_dict(state)
+    new.train(conv.training)
+    return new
+
+
+def group_forbidden_widths(model: nn.Module, group: ResidualGroup) -> set[int]:
+    """Widths the group cannot take: the expansion sizes of the blocks whose input it is."""
+    blocks = encoder_blocks(model)
+    readers = [blocks[b][1] for b in group.blocks[1:]]
+    consumer = _features(model)[group.consumer]
+    if isinstance(consumer, InvertedResidual):
+        readers.append(consumer)
+    return {block_spec(b).expanded_channels for b in readers}
+
+
+@torch.no_grad()
+def shrink_group(
+    model: nn.Module, group: ResidualGroup, channels: int, norm: Literal["l1", "l2"] = "l1"
+) -> tuple[nn.Module, torch.Tensor]:
+    """A copy of ``model`` whose residual ``group`` is ``channels`` wide, and the kept channel indices.
+
+    The same channels (largest summed projection norms) are kept in every member, so the residual
+    additions stay aligned; kept weights and BatchNorm statistics are copied exactly.
+    """
+    blocks = encoder_blocks(model)
+    if not 8 <= channels < group.channels or channels % 8:
+        raise ValueError(f"group width must be a multiple of 8 in 8..{group.channels - 8}, got {channels}")
+    if channels in group_forbidden_widths(model, group):
+        raise ValueError(
+            f"group width {channels} equals the expansion of a block reading it: torchvision would drop "
+            "that block's expansion conv"
+        )
+    keep = _top(group_importance(model, group, norm), channels)
+    out = copy.deepcopy(model)
+    features = _features(out)
+    for n, b in enumerate(group.blocks):
+        index = blocks[b][0]
+        features[index] = _sliced_block(features[index], None if n == 0 else keep, keep)
+    consumer = features[group.consumer]
+    if isinstance(consumer, InvertedResidual):
+        features[group.consumer] = _sliced_block(consumer, keep, None)
+    else:
+        features[group.consumer] = _sliced_final_conv(consumer, keep)
+    return out, keep
+
+
+def out_channels(model: nn.Module) -> list[int]:
+    """The output (bottleneck) width of every block, in order."""
+    return [block_spec(b).out_channels for _, b in encoder_blocks(model)]

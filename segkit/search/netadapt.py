@@ -9,9 +9,10 @@ itself took the most accurate one); ``criterion="reward"`` takes the highest Mna
 instead. The search stops after ``iterations`` or once ``target`` latency is reached; the result still
 needs the usual long fine-tune.
 
-Like the paper, proposals only change a block's expansion size: input/output widths stay, so residual
-connections need no care. (The paper also shrinks the bottleneck width of whole residual groups; that
-is not implemented here.)
+As in the paper, there are two kinds of proposal: a block's expansion size (its input/output widths
+stay, so nothing else changes), and the bottleneck width shared by a residual group (the same channels
+are removed from every block of the group, so residual additions stay aligned, and from the inputs of
+the layer reading the group). Groups whose output feeds the decoder keep their width.
 
     python -m segkit.search.netadapt [out=runs/netadapt] [iterations=3] [latency.estimator=table] ...
 
@@ -33,11 +34,17 @@ from typing import Any, Literal
 from torch import nn
 
 from segkit.search.arch import (
+    ResidualGroup,
     adapted_config,
+    apply_expansions,
     block_spec,
     encoder_blocks,
     expanded_channels,
+    group_forbidden_widths,
     new_block,
+    out_channels,
+    residual_groups,
+    shrink_group,
     shrink_model,
 )
 from segkit.search.reward import MOBILENETV3_W, reward
@@ -49,20 +56,27 @@ Criterion = Literal["ratio", "reward"]
 
 @dataclass
 class Proposal:
-    """One block's shrink proposal of an iteration, after its short fine-tune."""
+    """One shrink proposal of an iteration, after its short fine-tune.
+
+    ``kind="expansion"``: block ``block``'s expansion goes from ``width_before`` to ``width``;
+    ``kind="bottleneck"``: the residual group ``blocks`` (starting at ``block``) gets that output width.
+    """
 
     block: int
-    expanded_before: int
-    expanded: int
+    width_before: int
+    width: int
     latency: float
     acc: float
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    kind: Literal["expansion", "bottleneck"] = "expansion"
+    blocks: tuple[int, ...] = ()
 
     def record(self, prev_acc: float, prev_latency: float, reward_target: float, w: float) -> dict[str, Any]:
         """JSON-able summary with the quantities both criteria look at."""
         d: dict[str, Any] = {
-            f: getattr(self, f) for f in ("block", "expanded_before", "expanded", "latency", "acc")
+            f: getattr(self, f) for f in ("kind", "block", "width_before", "width", "latency", "acc")
         }
+        d["blocks"] = list(self.blocks) or [self.block]
         d["ratio"] = accuracy_latency_ratio(self.acc, self.latency, prev_acc, prev_latency)
         d["reward"] = reward(max(self.acc, 0.0), self.latency, reward_target, w)
         return d
@@ -147,6 +161,44 @@ def largest_size_meeting(
     return None
 
 
+def largest_group_width_meeting(
+    model: nn.Module,
+    group: ResidualGroup,
+    target_latency: float,
+    latency: Callable[[nn.Module], float],
+    *,
+    divisor: int = 8,
+    min_channels: int = 8,
+) -> tuple[int, float] | None:
+    """The largest bottleneck width of residual ``group`` meeting ``target_latency``, and that latency.
+
+    Probes rebuild the group (and the layer reading it) untrained in ``model``, which is restored after.
+    """
+    if divisor < 1 or divisor % 8:
+        raise ValueError(f"divisor must be a positive multiple of 8 (torchvision's rounding), got {divisor}")
+    forbidden = group_forbidden_widths(model, group)
+    start = (group.channels - 1) // divisor * divisor
+    widths = [c for c in range(start, max(min_channels, 8) - 1, -divisor) if c not in forbidden]
+    features = model.encoder.features if hasattr(model, "encoder") else model.features
+    saved = list(features)
+    exp = expanded_channels(model)
+    try:
+        for c in widths:
+            outs = out_channels(model)
+            for b in group.blocks:
+                outs[b] = c
+            apply_expansions(model, exp, outs)
+            lat = float(latency(model))
+            for i, m in enumerate(saved):
+                features[i] = m
+            if lat <= target_latency:
+                return c, lat
+    finally:
+        for i, m in enumerate(saved):
+            features[i] = m
+    return None
+
+
 @dataclass
 class NetAdaptResult:
     """The adapted model (after its last short fine-tune), its expansions and the search history."""
@@ -178,6 +230,7 @@ def netadapt(
     w: float = MOBILENETV3_W,
     norm: Literal["l1", "l2"] = "l1",
     blocks: Sequence[int] | None = None,
+    bottlenecks: bool = True,
     divisor: int = 8,
     min_channels: int = 8,
     history_path: str | os.PathLike | None = None,
@@ -199,6 +252,7 @@ def netadapt(
         w: the reward's exponent.
         norm: ``"l1"``/``"l2"`` filter norm deciding which expansion channels stay.
         blocks: block positions that may be shrunk (default: every block with an expansion conv).
+        bottlenecks: also propose narrower residual groups (all their blocks must be in ``blocks``).
         divisor, min_channels: expansion sizes are multiples of ``divisor`` and at least ``min_channels``.
         history_path: JSON file rewritten after every iteration.
         log: progress messages (None: silent).
@@ -235,10 +289,16 @@ def netadapt(
             "w": w,
             "norm": norm,
             "blocks": allowed,
+            "bottlenecks": bottlenecks,
             "divisor": divisor,
             "min_channels": min_channels,
         },
-        "initial": {"latency": lat, "acc": acc, "expanded_channels": expanded_channels(current)},
+        "initial": {
+            "latency": lat,
+            "acc": acc,
+            "expanded_channels": expanded_channels(current),
+            "out_channels": out_channels(current),
+        },
         "iterations": [],
     }
     say(f"netadapt: start latency {lat:.3f} ms, acc {acc:.4f}, expansions {expanded_channels(current)}")
@@ -264,7 +324,23 @@ def netadapt(
             fine_tune(candidate, fine_tune_steps)
             p_acc = float(evaluate(candidate))
             proposals.append(Proposal(b, before, size, p_lat, p_acc, candidate))
-            say(f"  iter {it}: block {b} {before}->{size}: {p_lat:.3f} ms, acc {p_acc:.4f}")
+            say(f"  iter {it}: block {b} expansion {before}->{size}: {p_lat:.3f} ms, acc {p_acc:.4f}")
+        groups = residual_groups(current) if bottlenecks else []
+        for g in (g for g in groups if all(b in allowed for b in g.blocks)):
+            hit = largest_group_width_meeting(
+                current, g, it_target, latency, divisor=divisor, min_channels=min_channels
+            )
+            if hit is None:
+                continue
+            width, p_lat = hit
+            candidate, _ = shrink_group(current, g, width, norm)
+            fine_tune(candidate, fine_tune_steps)
+            p_acc = float(evaluate(candidate))
+            proposals.append(
+                Proposal(g.blocks[0], g.channels, width, p_lat, p_acc, candidate, "bottleneck", g.blocks)
+            )
+            grp = f"group {list(g.blocks)} width {g.channels}->{width}"
+            say(f"  iter {it}: {grp}: {p_lat:.3f} ms, acc {p_acc:.4f}")
         if not proposals:
             stopped = f"no block can reach the iteration target {it_target:.4g} ms"
             say(f"netadapt: stop: {stopped}")
@@ -283,10 +359,13 @@ def netadapt(
                 "previous_acc": acc,
                 "latency": chosen.latency,
                 "acc": chosen.acc,
+                "chosen_kind": chosen.kind,
                 "chosen_block": chosen.block,
-                "expanded_before": chosen.expanded_before,
-                "expanded": chosen.expanded,
+                "chosen_blocks": list(chosen.blocks) or [chosen.block],
+                "width_before": chosen.width_before,
+                "width": chosen.width,
                 "expanded_channels": expanded_channels(chosen.model),
+                "out_channels": out_channels(chosen.model),
                 "proposals": records,
                 "seconds": time.perf_counter() - t0,
             }
@@ -295,7 +374,8 @@ def netadapt(
         current, lat, acc = chosen.model, chosen.latency, chosen.acc
         for p in proposals:
             p.model = None
-        say(f"netadapt: iter {it}: keep {chosen.block} -> {chosen.expanded}: {lat:.3f} ms, acc {acc:.4f}")
+        what = f"{chosen.kind} of {list(chosen.blocks) or chosen.block} -> {chosen.width}"
+        say(f"netadapt: iter {it}: keep {what}: {lat:.3f} ms, acc {acc:.4f}")
         if history_path is not None:
             _write_json(Path(history_path), history)
     else:
@@ -305,6 +385,7 @@ def netadapt(
         "latency": lat,
         "acc": acc,
         "expanded_channels": expanded_channels(current),
+        "out_channels": out_channels(current),
         "stopped": stopped,
     }
     if getattr(current, "model_config", None) is not None:

@@ -214,6 +214,7 @@ def run_search(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any]:
             w=float(sc["w"]),
             norm=sc["norm"],
             blocks=sc["blocks"],
+            bottlenecks=bool(sc["bottlenecks"]),
             divisor=int(sc["divisor"]),
             min_channels=int(sc["min_channels"]),
             history_path=out / "history.json",
