@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from segkit.config import group_options, load_group
 from segkit.data import CityscapesDataset
-from segkit.data.transforms import RandomScaleCrop, build_transforms
+from segkit.data.transforms import FastNormalize, RandomScaleCrop, build_transforms
 
 
 def _label_image(seed: int, h: int = 64, w: int = 128, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def test_recipe_parameters(name: str, crop: tuple[int, int]) -> None:
     assert low <= min(factors) < low + 0.2 and high - 0.2 < max(factors) <= high
     assert kinds["HorizontalFlip"].p == 0.5
     assert isinstance(kinds["ColorJitter"], A.ImageOnlyTransform)
-    norm = kinds["Normalize"]
+    norm = kinds["FastNormalize"]
     np.testing.assert_allclose(np.ravel(norm.mean), [0.485, 0.456, 0.406])
     np.testing.assert_allclose(np.ravel(norm.std), [0.229, 0.224, 0.225])
 
@@ -96,6 +96,18 @@ def test_random_scale_crop_equals_resize_pad_crop(sample_root, scale: float, y0:
     assert pad.any() == (sh - y0 < ch or sw - x0 < cw)
     assert max((out_msk == ref).mean() for ref in ref_msks) > 0.97
     assert set(np.unique(out_msk).tolist()) <= set(np.unique(mask).tolist()) | {255}
+
+
+def test_fast_normalize_equals_albumentations_normalize() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+    ref = A.Normalize(mean=mean, std=std)(image=img)["image"]
+    out = FastNormalize(mean=mean, std=std)(image=img)["image"]
+    assert out.dtype == np.float32 and out.shape == (40, 50, 3)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    as_float = FastNormalize(mean=mean, std=std)(image=img.astype(np.float32))["image"]
+    np.testing.assert_allclose(as_float, ref, atol=1e-5)
 
 
 def test_random_scale_crop_offsets_cover_the_scaled_image() -> None:
