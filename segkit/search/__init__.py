@@ -2,8 +2,8 @@
 
 * :mod:`segkit.search.reward`: MnasNet's ``acc * (latency / target) ** w`` with the paper's ``w = -0.15``.
 * :mod:`segkit.search.latency`: onnxruntime / eager-torch latency meters and NetAdapt's per-block table.
-* :mod:`segkit.search.arch`: shrink a block's expansion channels with exact weight transplant; rebuild,
-  save, load and export a model from its per-block expansion sizes.
+* :mod:`segkit.search.arch`: shrink a block's expansion or a residual group's width with exact weight
+  transplant; rebuild, save, load and export a model from its per-block widths.
 * :mod:`segkit.search.netadapt`: the search loop and its command (``python -m segkit.search.netadapt``).
 """
 
@@ -16,8 +16,11 @@ from segkit.search.arch import (
     expanded_channels,
     export_adapted_onnx,
     load_adapted,
+    out_channels,
+    residual_groups,
     save_adapted,
     shrink_block,
+    shrink_group,
     shrink_model,
 )
 from segkit.search.latency import (
@@ -51,9 +54,12 @@ __all__ = [
     "export_adapted_onnx",
     "load_adapted",
     "netadapt",
+    "out_channels",
+    "residual_groups",
     "reward",
     "save_adapted",
     "select_proposal",
     "shrink_block",
+    "shrink_group",
     "shrink_model",
 ]

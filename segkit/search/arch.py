@@ -7,10 +7,11 @@ swaps single ``features[i]`` blocks for torchvision ``InvertedResidual`` blocks 
 adapted model is fully described by its base ``model_config`` plus the list of per-block expansion sizes
 (:func:`build_adapted_model`), and it saves, loads and exports like any other segkit model.
 
-Only the expansion (inner) width of a block changes: its input and output widths are untouched, so
-residual connections and every other layer keep their shapes. Blocks without an expansion conv
-(``expanded == input``, e.g. the first block) are not shrinkable, and no block is shrunk to
-``expanded == input`` either, because torchvision would then drop the expansion conv.
+Two kinds of change, as in the paper's NetAdapt: a block's expansion (inner) width, which touches no
+other layer, and the bottleneck width of a residual group (:func:`shrink_group`), cut by the same
+channels in every member so residual sums stay aligned. Blocks without an expansion conv
+(``expanded == input``, e.g. the first block) are not shrinkable, and no width is allowed to make
+torchvision drop an expansion conv or change whether a block is residual.
 """
 
 from __future__ import annotations
