@@ -3,8 +3,8 @@
 segkit's ``MobileNetV3Encoder`` builds its blocks from the fixed tables of the paper (times
 ``width_mult``); it takes no per-block configuration. The search therefore works on a built model: it
 swaps single ``features[i]`` blocks for torchvision ``InvertedResidual`` blocks built from an
-``InvertedResidualConfig`` with a smaller ``expanded_channels``. Module names stay the same, so an
-adapted model is fully described by its base ``model_config`` plus the list of per-block expansion sizes
+``InvertedResidualConfig`` with smaller widths. Module names stay the same, so an
+adapted model is fully described by its base ``model_config`` plus per-block expansion and output widths
 (:func:`build_adapted_model`), and it saves, loads and exports like any other segkit model.
 
 Two kinds of change, as in the paper's NetAdapt: a block's expansion (inner) width, which touches no
