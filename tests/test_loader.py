@@ -134,6 +134,17 @@ def test_train_loader_shards_ranks(train_ds: CityscapesDataset) -> None:
         build_train_loader(train_ds, batch_size=3, num_workers=0, seed=2, world_size=2)
 
 
+def test_loaders_leave_global_torch_rng_alone(train_ds: CityscapesDataset, sample_root) -> None:
+    _, val_tf = build_transforms("smoke")
+    val = CityscapesDataset(sample_root, "val", transform=val_tf, verbose=False)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    _batches(build_train_loader(train_ds, batch_size=2, num_workers=0, seed=1), 2)
+    list(build_val_loader(val, num_workers=0))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_val_loader_every_image_exactly_once(sample_root) -> None:
     for length, ws in [(7, 3), (2, 4), (4, 2)]:
         seen = sorted(i for r in range(ws) for i in ShardSampler(length, rank=r, world_size=ws))

@@ -213,6 +213,9 @@ def build_train_loader(
         persistent_workers=(num_workers > 0) if persistent_workers is None else persistent_workers,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         worker_init_fn=_worker_init if num_workers > 0 else None,
+        # each iterator draws a base seed from this generator; a private one keeps the global torch RNG
+        # (part of the training state) untouched by starting to load
+        generator=torch.Generator().manual_seed(int(seed)),
     )
 
 
@@ -234,4 +237,5 @@ def build_val_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),  # evaluating must not advance the global torch RNG
     )
