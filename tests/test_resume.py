@@ -116,3 +116,16 @@ def test_resume_after_kill(sample_root: Path, tmp_path: Path) -> None:
     for s in replayed:
         assert after[s] == pytest.approx(killed_losses[s], abs=1e-6)
     assert load_checkpoint(last)["step"] == end
+
+
+def test_resume_with_other_batch_size_continues_from_step_count(
+    sample_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Changing the per-process batch (or process count) on resume cannot be exact; it warns and places the
+    sampler where this configuration would be after the checkpoint's step count."""
+    train(_cfg(sample_root, "train.iters=4", "train.stop_after=1"), output_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="segkit.train"):
+        train(_cfg(sample_root, "train.iters=4", "train.batch_size=1", "resume=true"), output_dir=tmp_path)
+    assert "does not fit this run's batch size" in caplog.text
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["sampler"] == {"epoch": 1, "position": 0}  # 4 steps x 1 image

@@ -90,8 +90,10 @@ def test_resume_from_other_model_or_classes_is_refused(sample_root: Path, tmp_pa
     with pytest.raises(CheckpointError) as err:
         train(_cfg(sample_root, "dataset.num_classes=7", f"resume={ckpt}"), output_dir=tmp_path / "c")
     assert "num_classes: checkpoint 19 vs config 7" in str(err.value)
-    with pytest.raises(FileNotFoundError, match="resume=True: no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="resume=True: no checkpoint at .*hydra.run.dir"):
         train(_cfg(sample_root, "resume=true"), output_dir=tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*nowhere.pt"):
+        train(_cfg(sample_root, f"resume={tmp_path / 'nowhere.pt'}"), output_dir=tmp_path / "empty")
 
 
 def test_cuda_oom_gets_a_hint(sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +161,14 @@ def test_cli_multirun_sweeps_lr(sample_root: Path, tmp_path: Path) -> None:
         first_lrs.append(json.loads((run / "train_log.jsonl").read_text().splitlines()[0])["lr"])
     assert first_lrs == [pytest.approx(0.005), pytest.approx(0.01)]
     assert not (tmp_path / "outputs").exists()  # nothing written outside the sweep folder
+
+
+def test_bf16_autocast_on_cpu(sample_root: Path, tmp_path: Path) -> None:
+    """train.amp=bf16 runs the forward in bfloat16 on the CPU: losses close to fp32, not identical."""
+    losses = {}
+    for amp in ("none", "bf16"):
+        train(_cfg(sample_root, f"train.amp={amp}", "train.iters=2"), output_dir=tmp_path / amp)
+        lines = (tmp_path / amp / "train_log.jsonl").read_text().splitlines()
+        losses[amp] = [json.loads(line)["loss"] for line in lines]
+    assert losses["bf16"][0] == pytest.approx(losses["none"][0], rel=0.05)
+    assert losses["bf16"] != losses["none"]

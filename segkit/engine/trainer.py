@@ -32,7 +32,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from segkit import labels
 from segkit.engine import distributed as D
-from segkit.engine.checkpoint import CheckpointError, load_checkpoint, model_metadata, save_checkpoint
+from segkit.engine.checkpoint import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointError,
+    load_checkpoint,
+    model_metadata,
+    save_checkpoint,
+)
 from segkit.engine.ema import ModelEMA, unwrap
 from segkit.engine.evaluate import autocast, evaluate, model_logits
 from segkit.engine.losses import build_loss
@@ -344,7 +351,13 @@ class Trainer:
             else Path(str(resume))
         )
         if not path.is_file():
-            raise FileNotFoundError(f"resume={resume!r}: no checkpoint at {path}")
+            hint = (
+                " (resume=true reads <run dir>/checkpoints/last.pt: pass the old run's hydra.run.dir=..., "
+                "or resume=/path/to/last.pt)"
+                if path == self.ckpt_dir / "last.pt"
+                else ""
+            )
+            raise FileNotFoundError(f"resume={resume!r}: no checkpoint at {path}{hint}")
         return path, load_checkpoint(path, map_location="cpu")
 
     def _restore(self, ckpt: Mapping[str, Any]) -> Any:
@@ -364,6 +377,14 @@ class Trainer:
                 self.ema.load_weights(unwrap(self.raw_model).state_dict())
             else:
                 self.ema.load_weights(ckpt["ema"])
+        if int(ckpt.get("world_size", 1)) != self.info.world_size:
+            log.warning(
+                "resume: %s was written by %s process(es), this run has %d; the data order differs from "
+                "an uninterrupted run (the step count and schedule continue)",
+                self.resume_path,
+                ckpt.get("world_size", 1),
+                self.info.world_size,
+            )
         self.step_fn.step = int(ckpt["step"])
         self.best_miou = float(ckpt.get("best_miou", -math.inf))
         self.last_metrics = dict(ckpt.get("metrics") or {})
@@ -388,13 +409,23 @@ class Trainer:
             seed=int(self.cfg.seed),
             rank=self.info.rank,
             world_size=self.info.world_size,
-            state=sampler_state,
             pin_memory=pin,
         )
         # Creating the loader's iterator draws a base seed; a private generator keeps that draw off the
         # global torch RNG, whose state is part of the checkpoint.
         self.train_loader.generator = torch.Generator().manual_seed(int(self.cfg.seed))
         self.sampler = self.train_loader.batch_sampler.sampler
+        if sampler_state is not None:
+            # The position follows from the step count: this rank consumed step x accum x batch samples.
+            expected = self.sampler.state_at(self.step_fn.step * self.accum * self.batch_size)
+            if dict(sampler_state) != expected:
+                log.warning(
+                    "resume: checkpoint sampler state %s does not fit this run's batch size or processes; "
+                    "continuing from %s",
+                    dict(sampler_state),
+                    expected,
+                )
+            self.sampler.load_state_dict(expected)
         # Validation: each rank takes every world_size-th image, no padding, so each image counts once.
         self.val_loader = build_val_loader(
             self.val_ds,
@@ -413,8 +444,8 @@ class Trainer:
             self.model_config,
             class_names=self.class_names,
             palette=labels.PALETTE[: self.num_classes] if self.num_classes <= labels.NUM_CLASSES else [],
-            mean=tuple(aug.get("mean", labels_mean())),
-            std=tuple(aug.get("std", labels_std())),
+            mean=tuple(aug.get("mean", IMAGENET_MEAN)),
+            std=tuple(aug.get("std", IMAGENET_STD)),
             input_size=self.cfg.dataset.get("input_size"),
             ignore_index=self.ignore_index,
         )
@@ -617,18 +648,6 @@ class Trainer:
                 "done at step %d in %.1f s, best mIoU %s", step, summary["seconds"], summary["best_miou"]
             )
         return summary
-
-
-def labels_mean() -> tuple[float, ...]:
-    from segkit.engine.checkpoint import IMAGENET_MEAN
-
-    return IMAGENET_MEAN
-
-
-def labels_std() -> tuple[float, ...]:
-    from segkit.engine.checkpoint import IMAGENET_STD
-
-    return IMAGENET_STD
 
 
 def _progress_bar(total: int, initial: int, enabled: Any) -> Any:
