@@ -8,11 +8,12 @@ between a DequantizeLinear and a QuantizeLinear; :func:`fp32_operators` lists th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,16 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # auto_merge: constant Resize scales give the batch axis the symbolic size floor(1.0*batch)
-        quant_pre_process(
-            str(fp32_path), str(prepared), skip_optimization=not optimize_before, auto_merge=True
-        )
+        # onnxruntime's symbolic shape inference drops a debug model (and external-data files) into the
+        # current folder when it gives up on a shape; keep those in the temp folder, not the user's.
+        source, target = str(fp32_path.resolve()), str(prepared.resolve())
+        with _working_directory(tmp):
+            quant_pre_process(
+                source,
+                target,
+                skip_optimization=not optimize_before,
+                auto_merge=True,
+            )
         raw = Path(tmp) / "int8.onnx"
         exclude = list(nodes_to_exclude) + (output_head_nodes(prepared) if fp32_head else [])
         root_logger = logging.getLogger()
@@ -156,6 +164,16 @@ def quantize_int8(
         onnx.save_model(model, str(final), save_as_external_data=False)
         os.replace(final, output)
     return output
+
+
+@contextlib.contextmanager
+def _working_directory(path: str | os.PathLike) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
