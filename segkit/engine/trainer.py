@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -668,16 +667,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[
     """
     info = D.init_distributed(str(cfg.train.get("device", "auto")))
     threads = torch.get_num_threads()
-    cv2_threads = cv2.getNumThreads()
-    if int(cfg.train.get("num_workers", 0)) > 0:
-        # Data-loader workers are forked and set OpenCV to one thread; if this process already ran OpenCV
-        # with its thread pool (e.g. an earlier in-process run with num_workers=0), that call hangs in the
-        # child. With the parent at one OpenCV thread while workers exist, the child's call is a no-op.
-        cv2.setNumThreads(1)
     try:
         out = Path(D.broadcast_object(str(run_output_dir(output_dir))))
         return Trainer(cfg, out, info).run()
     finally:
         torch.set_num_threads(threads)  # train.threads is for this run only (matters when called in-process)
-        cv2.setNumThreads(cv2_threads)
         D.cleanup()
