@@ -15,6 +15,7 @@ from segkit.engine.checkpoint import (
     CheckpointError,
     build_model_from_checkpoint,
     load_checkpoint,
+    model_metadata,
     save_checkpoint,
 )
 
@@ -106,3 +107,29 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not a segkit checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_rebuilding_an_imagenet_initialised_model_never_fetches_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint trained from ImageNet weights must load offline: its own state dict is complete."""
+    import segkit.models.factory as factory
+    from segkit.models import create_model
+
+    model = create_model("lraspp_mobilenetv3_small")
+    config = dict(model.model_config, encoder_weights="imagenet")
+    path = save_checkpoint(tmp_path / "imagenet.pt", {**model_metadata(config), "model": model.state_dict()})
+
+    load_encoder_weights = factory.load_encoder_weights
+
+    def no_download(encoder: torch.nn.Module, name: str, weights: str | None) -> None:
+        if weights is not None:
+            raise AssertionError(f"rebuilding a checkpoint tried to load encoder weights {weights!r}")
+        load_encoder_weights(encoder, name, weights)
+
+    monkeypatch.setattr(factory, "load_encoder_weights", no_download)
+    rebuilt = build_model_from_checkpoint(path)
+    x = torch.randn(1, 3, 64, 96)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

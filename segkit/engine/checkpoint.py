@@ -98,6 +98,8 @@ def build_model_from_checkpoint(
     if not isinstance(ckpt, Mapping):
         ckpt = load_checkpoint(ckpt)
     config = {k: v for k, v in ckpt["model_config"].items() if k != "_target_"}
+    # The state dict below overwrites every weight: never fetch pretrained encoder weights again.
+    config["encoder_weights"] = None
     model = build_model(**config)
     state = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
