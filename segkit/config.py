@@ -20,7 +20,8 @@ def load_group(group: str, name: str) -> DictConfig:
     """Load ``conf/<group>/<name>.yaml``; an unknown name gets an error listing the valid ones."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown {group} '{name}': expected one of {group_options(group)} in {CONF_DIR / group}")
+        options = group_options(group)
+        raise ValueError(f"unknown {group} '{name}': expected one of {options} in {CONF_DIR / group}")
     cfg = OmegaConf.load(path)
     assert isinstance(cfg, DictConfig)
     cfg.pop("defaults", None)
