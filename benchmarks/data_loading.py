@@ -52,7 +52,7 @@ def torchvision_reference(
             v2.RandomResize(base_short // 2, base_short * 2),  # shorter side 0.5x-2.0x (nearest for the mask)
             v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}),
             v2.RandomHorizontalFlip(0.5),
-            v2.RandomApply([v2.ColorJitter(0.25, 0.25, 0.25, 0.02)], p=0.8),
+            v2.RandomApply([v2.ColorJitter(0.25, 0.25, 0.25)], p=0.8),  # no hue, as the segkit recipe
             v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
