@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -18,9 +17,7 @@ from segkit.models.summary import count_madds, count_params, main, summarize
     [("lraspp_mobilenetv3_large", 2.48e9), ("lraspp_mobilenetv3_small", 0.74e9)],
 )
 def test_lraspp_madds_match_the_paper(name, paper_madds):
-    start = time.perf_counter()
     summary = summarize(name, [512, 1024])
-    assert time.perf_counter() - start < 5  # meta device: no real compute
     assert abs(summary["madds"] - paper_madds) / paper_madds < 0.05
     assert summary["madds"] == sum(summary["madds_by_part"].values())
 
