@@ -269,6 +269,10 @@ def test_quantization_source_graph_has_int8_friendly_operators(tmp_path, images)
     assert len(resizes) == 2
     final = next(n for n in resizes if n.output[0] == graph.output[0].name)
     assert len(final.input) == 3 and inits[final.input[2]].tolist() == [1.0, 1.0, 8.0, 8.0]
+    stem = [n for n in graph.node if graph.input[0].name in n.input]
+    assert [n.op_type for n in stem] == ["SpaceToDepth"], "the stem convolution reads a space-to-depth input"
+    conv = next(n for n in graph.node if stem[0].output[0] in n.input)
+    assert conv.op_type == "Conv" and inits[conv.input[1]].shape == (16, 12, 2, 2)
     assert read_onnx_metadata(path) == meta
     res = compare(
         wrapper,  # the original, HardSwish-module model
@@ -311,3 +315,69 @@ def test_static_resize_scales_only_changes_whole_multiples() -> None:
     odd = graph((7, 12))
     assert static_resize_scales(odd) == 0
     assert [n.op_type for n in odd.graph.node] == ["Shape", "Concat", "Resize"]
+
+
+def _stem_graph(hw: tuple[int, int], stride: int = 2) -> onnx.ModelProto:
+    """x -> 3x3 Conv (3 -> 5 channels, padding 1) -> y, with random weights and bias."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((5, 3, 3, 3)).astype(np.float32), "w")
+    b = onnx.numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b")
+    conv = helper.make_node(
+        "Conv", ["x", "w", "b"], ["y"], name="stem", kernel_shape=[3, 3], strides=[stride] * 2, pads=[1] * 4
+    )
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, *hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph([conv], "g", [x], [y], [w, b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_space_to_depth_stem_is_the_same_convolution() -> None:
+    from segkit.export.int8_friendly import space_to_depth_stem
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 12)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    want = run(_stem_graph((8, 12)))
+    model = _stem_graph((8, 12))
+    assert space_to_depth_stem(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["SpaceToDepth", "Conv"]
+    assert {i.name for i in model.graph.initializer} == {"b", "stem_s2d_weight"}, "old weight dropped"
+    got = run(model)
+    assert got.shape == want.shape == (2, 5, 4, 6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # only a stride-2 3x3 convolution of an even-sized fixed input qualifies
+    for hw, stride in (((8, 11), 2), ((8, 12), 1)):
+        other = _stem_graph(hw, stride)
+        assert space_to_depth_stem(other) == 0 and [n.op_type for n in other.graph.node] == ["Conv"]
+
+
+def test_quantize_before_space_to_depth_is_exact() -> None:
+    from onnx import TensorProto, helper
+
+    from segkit.export.int8_friendly import quantize_before_space_to_depth
+
+    def model() -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("SpaceToDepth", ["x"], ["s"], name="s2d", blocksize=2),
+            helper.make_node("QuantizeLinear", ["s", "sc", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["y"]),
+        ]
+        inits = [
+            onnx.numpy_helper.from_array(np.array(0.03, dtype=np.float32), "sc"),
+            onnx.numpy_helper.from_array(np.array(120, dtype=np.uint8), "zp"),
+        ]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 12])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 4, 6])
+        return helper.make_model(
+            helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+        )
+
+    x = np.random.default_rng(2).uniform(-5, 5, (1, 3, 8, 12)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    m = model()
+    assert quantize_before_space_to_depth(m) == 1
+    onnx.checker.check_model(m)
+    assert [n.op_type for n in m.graph.node] == ["QuantizeLinear", "SpaceToDepth", "DequantizeLinear"]
+    assert m.graph.node[0].input[0] == "x" and m.graph.node[1].output[0] == "q"
+    assert np.array_equal(run(m), run(model())), "quantizing before rearranging changes no value"

@@ -134,6 +134,10 @@ def test_int8_graph_runs_the_activations_as_int8_kernels(exported: dict, tmp_pat
     path = Path(exported["report"]["int8"]["path"])
     saved = onnx.load(str(path)).graph
     assert not {"HardSigmoid", "HardSwish"} & {n.op_type for n in saved.node}
+    # the stem's space-to-depth rearranges the already quantized (uint8) input
+    q_input = next(n for n in saved.node if saved.input[0].name in n.input)
+    assert q_input.op_type == "QuantizeLinear"
+    assert [n.op_type for n in saved.node if q_input.output[0] in n.input] == ["SpaceToDepth"]
     graph = _optimized_graph(path, tmp_path)
     ops = Counter(n.op_type for n in graph.node)
     producer = {o: n for n in graph.node for o in n.output}

@@ -99,7 +99,7 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from segkit.export.int8_friendly import fold_scalar_muls
+    from segkit.export.int8_friendly import fold_scalar_muls, quantize_before_space_to_depth
     from segkit.export.metadata import set_onnx_metadata
 
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
@@ -157,6 +157,7 @@ def quantize_int8(
         model = onnx.load(str(raw))
         if fold_muls:
             fold_scalar_muls(model)
+        quantize_before_space_to_depth(model)  # exact, see its docstring
         if metadata is not None:
             set_onnx_metadata(model, metadata)
         onnx.checker.check_model(model)
@@ -237,6 +238,8 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         q_out = any(c.op_type == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))
         if n.op_type in known and dq_in and q_out:
             continue  # the DQ -> op -> Q pattern onnxruntime runs as one int8 kernel
+        if any(producer.get(i) is not None and producer[i].op_type == "QuantizeLinear" for i in n.input):
+            continue  # rearranges already quantized values (e.g. the stem's SpaceToDepth)
         counts[n.op_type] += 1
     result = {}
     for op, count in sorted(counts.items()):
