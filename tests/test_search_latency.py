@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from segkit.models import create_model
+from segkit.models.summary import count_madds
 from segkit.search.arch import block_spec, encoder_blocks, shrink_model
 from segkit.search.latency import (
     BlockKey,
@@ -39,18 +40,8 @@ class CountingTimer:
 
     def __call__(self, block: torch.nn.Module, shape: tuple[int, int, int, int]) -> float:
         self.calls.append(tuple(shape))
-        total = 0
-
-        def hook(m, a, out):
-            nonlocal total
-            total += out.numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-
-        hooks = [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
-        with torch.no_grad():
-            block(torch.zeros(shape))
-        for h in hooks:
-            h.remove()
-        return total / 1e6 + 0.01
+        assert shape[0] == 1
+        return count_madds(block, shape[2:], in_channels=shape[1])["total"] / 1e6 + 0.01
 
 
 def test_block_input_sizes(tiny) -> None:

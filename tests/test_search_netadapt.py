@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from segkit.models import create_model
+from segkit.models.summary import count_madds
 from segkit.search.arch import build_adapted_model, expanded_channels, shrink_model
 from segkit.search.latency import LatencyTable, TableLatency
 from segkit.search.netadapt import (
@@ -37,18 +38,8 @@ def tiny() -> torch.nn.Module:
 
 def madds_timer(block: torch.nn.Module, shape: tuple[int, int, int, int]) -> float:
     """Deterministic block latency: its conv MAdds in millions (one "ms" per MMAdd)."""
-    total = 0
-
-    def hook(m, a, out):
-        nonlocal total
-        total += out.numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-
-    hooks = [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        block(torch.zeros(shape))
-    for h in hooks:
-        h.remove()
-    return total / 1e6
+    assert shape[0] == 1
+    return count_madds(block, shape[2:], in_channels=shape[1])["total"] / 1e6
 
 
 def fake_accuracy(model: torch.nn.Module) -> float:

@@ -27,8 +27,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_madds(model: nn.Module, input_size: tuple[int, int] | list[int]) -> dict[str, int]:
-    """Multiply-adds of one 1 x 3 x H x W forward pass, per top-level child and ``"total"``."""
+def count_madds(
+    model: nn.Module, input_size: tuple[int, int] | list[int], *, in_channels: int = 3
+) -> dict[str, int]:
+    """Multiply-adds of one 1 x ``in_channels`` x H x W forward pass, per top-level child and ``"total"``.
+
+    ``in_channels`` lets a single block (e.g. one NetAdapt proposal) be counted at its own input.
+    """
     per_child: dict[str, int] = defaultdict(int)
     hooks = []
 
@@ -50,7 +55,7 @@ def count_madds(model: nn.Module, input_size: tuple[int, int] | list[int]) -> di
         model.eval()
         with torch.no_grad():
             device = _meta_copy_device(model)
-            model.to(device)(torch.zeros(1, 3, *input_size, device=device))
+            model.to(device)(torch.zeros(1, in_channels, *input_size, device=device))
     finally:
         for h in hooks:
             h.remove()
