@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cityscapes_oracle import official_args, official_module
 from PIL import Image
 
-from segkit._compat import patch_cityscapesscripts
 from segkit.evaluation import SegmentationMetrics, save_benchmark_pngs
 from segkit.evaluation.benchmark_png import benchmark_name
 from segkit.labels import CLASS_NAMES, ID_TO_TRAIN_ID, TRAIN_ID_TO_ID, VALID_IDS, colorize
 
 H, W = 64, 128
 FRAMES = (("frankfurt", 0, 294), ("lindau", 0, 19), ("munster", 1, 2))
-
-
-def official_module():
-    patch_cityscapesscripts()  # cityscapesscripts 2.3 still calls np.in1d, gone in numpy 2.4
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
-
-    return official
-
-
-def official_args(official, prediction_root: Path):
-    args = copy.copy(official.args)
-    args.evalInstLevelScore = False
-    args.evalPixelAccuracy = False
-    args.JSONOutput = False
-    args.quiet = True
-    args.colorized = False
-    args.bold = args.nocol = ""
-    args.evalLabels = []
-    args.predictionPath = str(prediction_root)
-    args.predictionWalk = None
-    return args
 
 
 def write_dataset(root: Path, rng: np.random.Generator) -> list[tuple[Path, Path, np.ndarray, np.ndarray]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -10,36 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cityscapes_oracle import official_args, official_module
 from PIL import Image
 
-from segkit._compat import patch_cityscapesscripts
 from segkit.evaluation import SegmentationMetrics, format_iou_table, save_results_json
 from segkit.labels import CATEGORY_NAMES, CLASS_NAMES, ID_TO_TRAIN_ID, VALID_IDS, train_ids_to_label_ids
 
 CITIES = ("frankfurt", "lindau", "munster")
 H, W = 64, 128
-
-
-def official_module():
-    """The official script, runnable on this numpy (it still calls np.in1d)."""
-    patch_cityscapesscripts()
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
-
-    return official
-
-
-def official_args(official, prediction_root: Path | None = None):
-    args = copy.copy(official.args)
-    args.evalInstLevelScore = False
-    args.evalPixelAccuracy = False
-    args.JSONOutput = False
-    args.quiet = True
-    args.colorized = False
-    args.bold = args.nocol = ""
-    args.evalLabels = []
-    args.predictionPath = str(prediction_root) if prediction_root is not None else None
-    args.predictionWalk = None
-    return args
 
 
 def make_pairs(rng: np.random.Generator, absent: tuple[int, ...] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
