@@ -3,6 +3,7 @@ sizes; metadata; the verification gate."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -250,6 +251,64 @@ def test_int8_friendly_copy_is_the_same_function_and_leaves_the_model_alone() ->
     )
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
     assert int8_friendly(plain) is plain
+
+
+def _depthwise_channels(model: torch.nn.Module) -> list[int]:
+    return [
+        m.in_channels
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    ]
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenetv3_large", "lraspp_mobilenetv3_small"])
+def test_int8_friendly_pads_depthwise_channels_to_16_with_exact_zeros(name) -> None:
+    from segkit.export.int8_friendly import (
+        DEPTHWISE_CHANNEL_MULTIPLE,
+        _depthwise_padding,
+        int8_friendly,
+        pad_depthwise_channels,
+    )
+
+    model = _model(name)
+    # trained-like BatchNorm statistics and affine terms, so a wrong padding rule could not hide
+    gen = torch.Generator().manual_seed(1)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        n = bn.num_features
+        bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+        bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+        bn.bias.data.copy_(torch.randn(n, generator=gen) * 0.5)
+    before = _depthwise_channels(model)
+    odd = [c for c in before if c % DEPTHWISE_CHANNEL_MULTIPLE]
+    assert odd, "MobileNetV3 has expanded widths such as 72, 88 and 120 that are not multiples of 16"
+    padded = copy.deepcopy(model)
+    changed = pad_depthwise_channels(padded)
+    after = _depthwise_channels(padded)
+    assert changed == len(odd)
+    assert all(c % DEPTHWISE_CHANNEL_MULTIPLE == 0 for c in after)
+    assert [a - b for a, b in zip(after, before)] == [-c % DEPTHWISE_CHANNEL_MULTIPLE for c in before]
+    assert _depthwise_channels(model) == before, "only the deep copy was padded"
+    # every added channel is exactly zero after the expansion, the depthwise stage and the SE gating
+    original = dict(model.named_modules())
+    added: list[torch.Tensor] = []
+    handles = []
+    for path, block in padded.named_modules():
+        if not _depthwise_padding(original.get(path, torch.nn.Identity())):
+            continue
+        width = original[path].block[1][0].in_channels
+        for stage in list(block.block)[:-1]:  # all but the projection, whose output is not widened
+            handles.append(stage.register_forward_hook(lambda m, i, out, c=width: added.append(out[:, c:])))
+    x = torch.randn(2, 3, *SIZE) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), model(x), rtol=1e-4, atol=1e-4)
+    for h in handles:
+        h.remove()
+    assert len(added) == len(handles) >= 2 * changed
+    assert all(a.numel() and torch.count_nonzero(a) == 0 for a in added)
+    # the friendly copy the int8 export uses is padded; the original model keeps its widths
+    assert all(c % DEPTHWISE_CHANNEL_MULTIPLE == 0 for c in _depthwise_channels(int8_friendly(model)))
+    assert _depthwise_channels(model) == before
 
 
 def test_quantization_source_graph_has_int8_friendly_operators(tmp_path, images) -> None:
