@@ -65,6 +65,8 @@ def test_every_model_config_exports_and_matches_pytorch(name: str, tmp_path, ima
     assert list(tmp_path.iterdir()) == [path], "the export must be one self-contained file"
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [3, *SIZE], "static H/W by default"
+    if name.startswith("lraspp"):  # upsampling by whole multiples: constant scales, no size arithmetic
+        assert "Shape" not in {n.op_type for n in proto.graph.node}
     res = compare(
         wrapper,
         OnnxBackend(path, threads=1).run,
@@ -117,6 +119,7 @@ def test_dynamic_height_and_width(tmp_path, images) -> None:
     meta = _metadata(name, dynamic=True)
     wrapper = ExportWrapper(model, meta["mean"], meta["std"])
     path = export_onnx(wrapper, tmp_path / "dyn.onnx", input_size=SIZE, metadata=meta, dynamic=True)
+    assert "Shape" in {n.op_type for n in onnx.load(str(path)).graph.node}, "sizes follow the input"
     run = OnnxBackend(path, threads=1).run
     for size in [(64, 128), (96, 224)]:
         res = compare(

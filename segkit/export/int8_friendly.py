@@ -408,10 +408,11 @@ def export_quantization_source(
 ) -> Path:
     """Export ``wrapper`` (an :class:`~segkit.export.onnx.ExportWrapper`) as the fp32 graph to quantize.
 
-    The same function as the regular export, written for int8: hard-swish/hard-sigmoid decomposed
-    (:func:`int8_friendly`) and, for a fixed input size, constant Resize scales
-    (:func:`static_resize_scales`) and a space-to-depth stem (:func:`space_to_depth_stem`). The regular
-    fp32 file keeps the fused ``HardSwish``, which is what onnxruntime runs fastest in fp32.
+    The same function as the regular export, written for int8: hard-swish/hard-sigmoid decomposed and
+    depthwise widths padded to multiples of 16 (:func:`int8_friendly`) and, for a fixed input size, a
+    space-to-depth stem (:func:`space_to_depth_stem`; constant Resize scales come with every fixed-size
+    export). The regular fp32 file keeps the fused ``HardSwish`` and the original widths, which is what
+    onnxruntime runs fastest in fp32.
     """
     import onnx
 
@@ -422,7 +423,7 @@ def export_quantization_source(
     )
     if not dynamic:
         model = onnx.load(str(path))
-        if static_resize_scales(model) + space_to_depth_stem(model):
+        if space_to_depth_stem(model):
             onnx.checker.check_model(model)
             onnx.save_model(model, str(path), save_as_external_data=False)
     return Path(path)
