@@ -192,8 +192,10 @@ class Bench:
 
 
 #: int8 options tried on the torchvision-architecture model at the first size: (source graph, options).
-#: "plain" is the fp32 file as exported (HardSwish), "friendly" the int8-friendly graph the rows use.
+#: "plain" is the fp32 file as exported (HardSwish), "friendly" the int8-friendly graph the rows use,
+#: "unpadded" the int8-friendly graph with MobileNetV3's own depthwise widths (72, 120, 184, 200).
 VARIANTS = {
+    "int8 friendly, depthwise widths not padded": ("unpadded", {}),
     "int8 plain graph (HardSigmoid fp32)": ("plain", dict(fp32_head=False, fold_muls=False)),
     "int8 HardSwish kept one op": ("plain", dict(optimize_before=False, fp32_head=False)),
     "int8 friendly, int8 head, Q/DQ on logits": ("friendly", dict(fp32_head=False)),
@@ -280,8 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             bench.case(size, TV_ARCH, "torch eager fp32", eager(same), madds=madds_tv, ref=tv_case)
         fp32_tv, f_tv = bench.onnx_pair(TV_ARCH, same, size, feed, batches, madds=madds_tv, ref=tv_case)
         if si == 0 and not a.no_variants and not a.quick:
+            unpadded = export_quantization_source(
+                ExportWrapper(same, IMAGENET_MEAN, IMAGENET_STD), tmp / "unpadded.int8src.onnx",
+                input_size=size, metadata=metadata(TV_ARCH, size), pad_depthwise=False,
+            )  # fmt: skip
+            friendly = fp32_tv.with_suffix(".int8src.onnx")
+            sources = {"friendly": friendly, "plain": fp32_tv, "unpadded": unpadded}
             for label, (source, kw) in VARIANTS.items():
-                src = fp32_tv.with_suffix(".int8src.onnx") if source == "friendly" else fp32_tv
+                src = sources[source]
                 path = quantize_int8(src, tmp / f"variant_{len(bench.cases)}.onnx", batches, **kw)
                 ops = {k: v["count"] for k, v in fp32_operators(path).items()}
                 bench.ort_case(size, TV_ARCH, label, path, feed, madds=madds_tv, ref=f_tv, fp32_ops=ops)

@@ -46,16 +46,18 @@ class DecomposedHardswish(nn.Module):
         return x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
 
 
-def int8_friendly(model: nn.Module) -> nn.Module:
+def int8_friendly(model: nn.Module, *, pad_depthwise: bool = True) -> nn.Module:
     """A deep copy of ``model`` with decomposed hard activations and 16-aligned depthwise channels.
 
     ``nn.Hardswish``/``nn.Hardsigmoid`` modules become :class:`DecomposedHardswish` /
-    :class:`DecomposedHardsigmoid`, and :func:`pad_depthwise_channels` runs on the copy. Returns
-    ``model`` itself (not a copy) when neither applies. Functional calls (``F.hardswish`` inside a
-    ``forward``) are not rewritten; segkit's and torchvision's MobileNetV3 use modules only.
+    :class:`DecomposedHardsigmoid`, and :func:`pad_depthwise_channels` runs on the copy (unless
+    ``pad_depthwise`` is false). Returns ``model`` itself (not a copy) when neither applies. Functional
+    calls (``F.hardswish`` inside a ``forward``) are not rewritten; segkit's and torchvision's
+    MobileNetV3 use modules only.
     """
     hard = any(isinstance(m, (nn.Hardswish, nn.Hardsigmoid)) for m in model.modules())
-    if not hard and not any(_depthwise_padding(m) for m in model.modules()):
+    pad = pad_depthwise and any(_depthwise_padding(m) for m in model.modules())
+    if not hard and not pad:
         return model
     out = copy.deepcopy(model)
     for module in list(out.modules()):
@@ -64,7 +66,8 @@ def int8_friendly(model: nn.Module) -> nn.Module:
                 setattr(module, name, DecomposedHardswish())
             elif isinstance(child, nn.Hardsigmoid):
                 setattr(module, name, DecomposedHardsigmoid())
-    pad_depthwise_channels(out)
+    if pad:
+        pad_depthwise_channels(out)
     return out.train(model.training)
 
 
@@ -405,6 +408,7 @@ def export_quantization_source(
     metadata: Mapping[str, Any],
     dynamic: bool = False,
     opset: int = 17,
+    pad_depthwise: bool = True,
 ) -> Path:
     """Export ``wrapper`` (an :class:`~segkit.export.onnx.ExportWrapper`) as the fp32 graph to quantize.
 
@@ -419,7 +423,12 @@ def export_quantization_source(
     from segkit.export.onnx import export_onnx
 
     path = export_onnx(
-        int8_friendly(wrapper), output, input_size=input_size, metadata=metadata, dynamic=dynamic, opset=opset
+        int8_friendly(wrapper, pad_depthwise=pad_depthwise),
+        output,
+        input_size=input_size,
+        metadata=metadata,
+        dynamic=dynamic,
+        opset=opset,
     )
     if not dynamic:
         model = onnx.load(str(path))
