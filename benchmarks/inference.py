@@ -12,7 +12,10 @@ configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling) as ONNX fp3
 first size, int8 variants of the torchvision-architecture model show what the quantization options
 change. Each row gives ms/frame (median), the ratio to the reference
 row, the file size, MAdds and the distance from the compute floor (2 x MAdds / peak fp32 FLOP/s, the
-peak measured as a large fp32 matmul on the same threads). Prints a table and, last, one JSON line.
+peak measured as a large fp32 matmul on the same threads). The table's cases run round-robin (each
+starts with caches another case filled); the ONNX fp32/int8 pair of the torchvision architecture is
+timed back to back as well (blocks of consecutive runs, as a device running one model sees it), and the
+int8 target counts as met only when it is met both ways. Prints a table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -83,6 +86,25 @@ def ort_session(path: Path, threads: int) -> Any:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.set_denormal_as_zero", "1")  # as torch below, see main()
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def back_to_back(paths: dict[str, Path], threads: int, feed: np.ndarray, runs: int, rounds: int = 3) -> dict:
+    """Best ms/frame of each ONNX file timed in blocks of ``runs`` consecutive runs, blocks alternating.
+
+    The round-robin table runs every case once in turn, so each starts with caches another case filled;
+    back to back is how a device running one model sees it. Both are reported, and a target only counts
+    as met when it is met both ways.
+    """
+    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            sess.run(None, {"image": feed})
+            for _ in range(runs):
+                t = time.perf_counter()
+                sess.run(None, {"image": feed})
+                best[k] = min(best[k], (time.perf_counter() - t) * 1e3)
+    return best
 
 
 def op_profile(path: Path, threads: int, feed: np.ndarray, runs: int = 3) -> dict[str, float]:
@@ -256,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     calib_rgb = [ds.load(i)[0] for i in range(len(ds))]
     bench = Bench(peak, a.threads, tmp)
     profile: dict[str, dict[str, float]] = {}
+    warm: dict[str, dict[str, float]] = {}
 
     for si, size in enumerate(sizes):
         x = torch.from_numpy(model_input(calib_rgb[0], size, IMAGENET_MEAN, IMAGENET_STD, False)[0])
@@ -297,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             madds = count_madds(copy.deepcopy(model), size)["total"]
             bench.onnx_pair(name, model, size, feed, batches, madds=madds)
         bench.measure(warm=a.warmup if si == 0 else 1, iters=a.iters if si == 0 else max(3, a.iters // 2))
+        pair = {"fp32": fp32_tv, "int8": fp32_tv.with_suffix(".int8.onnx")}
+        warm[f"{size[0]}x{size[1]}"] = w = back_to_back(pair, a.threads, feed, runs=10 if si == 0 else 4)
+        print(f"# back to back (10 runs in a row, warm): {TV_ARCH} onnxruntime fp32 {w['fp32']:.1f} ms, "
+              f"int8 {w['int8']:.1f} ms = {w['fp32'] / w['int8']:.2f}x")  # fmt: skip
         if si == 0 and not a.quick:
             for label, path in (
                 ("onnxruntime fp32", fp32_tv),
@@ -314,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             "ort_fp32_vs_torchvision_eager": f32["speedup"],
             "ort_fp32_target_2.5x_met": f32["speedup"] >= 2.5,
         }  # fmt: skip
+        int8_b2b = warm[s]["fp32"] / warm[s]["int8"]
         targets[s] |= {
             "int8_vs_ort_fp32": i8["speedup"],
-            "int8_target_1.5x_met": i8["speedup"] >= 1.5,
+            "int8_vs_ort_fp32_back_to_back": int8_b2b,
+            "int8_target_1.5x_met": min(i8["speedup"], int8_b2b) >= 1.5,
             "int8_file_ratio": i8["size_ratio"],
             "int8_file_target_30pct_met": i8["size_ratio"] <= 0.30,
         }
@@ -328,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": platform.machine(),
         "cpus_visible": os.cpu_count(), "threads": a.threads, "peak_fp32_gflops": peak,
         "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-        "rows": bench.rows, "targets": targets, "op_profile_ms": profile,
+        "rows": bench.rows, "back_to_back_ms": warm, "targets": targets, "op_profile_ms": profile,
     }  # fmt: skip
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
