@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from segkit.engine.checkpoint import build_model_from_checkpoint
+from segkit.inference import Predictor
 from segkit.models import create_model
 from segkit.search.arch import (
     _parts,
@@ -129,7 +132,13 @@ def test_rebuild_save_load_and_export(tiny, tmp_path) -> None:
     with torch.no_grad():
         ref = shrunk.eval()(x)
         torch.testing.assert_close(loaded(x), ref)
+        # the generic loader (Predictor, export command) rebuilds the searched widths as well
+        torch.testing.assert_close(build_model_from_checkpoint(path)(x), ref)
     assert ref.shape == (1, 19, 64, 128)
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    pred = Predictor.from_file(path)
+    assert pred.backend == "pytorch"
+    np.testing.assert_array_equal(pred.predict(rgb), Predictor.from_model(loaded).predict(rgb))
     onnx_path = tmp_path / "adapted.onnx"
     with torch.no_grad():
         torch.onnx.export(loaded, (x,), str(onnx_path), dynamo=False, opset_version=17, input_names=["image"])

@@ -92,15 +92,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def build_model_from_checkpoint(
     ckpt: Mapping[str, Any] | str | os.PathLike, *, use_ema: bool = False
 ) -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (EMA weights if asked and present)."""
+    """Rebuild the model a checkpoint describes and load its weights (EMA weights if asked and present).
+
+    Checkpoints of models shrunk by ``segkit.search`` (``search.expanded_channels`` beside the config)
+    are rebuilt with their per-block widths.
+    """
     from segkit.models import build_model
+    from segkit.search.arch import SEARCH_KEY, build_adapted_model
 
     if not isinstance(ckpt, Mapping):
         ckpt = load_checkpoint(ckpt)
-    config = {k: v for k, v in ckpt["model_config"].items() if k != "_target_"}
-    # The state dict below overwrites every weight: never fetch pretrained encoder weights again.
-    config["encoder_weights"] = None
-    model = build_model(**config)
+
+    search = ckpt.get(SEARCH_KEY)
+    if isinstance(search, Mapping) and "expanded_channels" in search:
+        widths = search["expanded_channels"], search.get("out_channels")
+        model = build_adapted_model(ckpt["model_config"], *widths)
+    else:
+        config = {k: v for k, v in ckpt["model_config"].items() if k != "_target_"}
+        # The state dict below overwrites every weight: never fetch pretrained encoder weights again.
+        config["encoder_weights"] = None
+        model = build_model(**config)
     state = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
     return model.eval()

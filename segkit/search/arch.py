@@ -327,8 +327,8 @@ def save_adapted(
 ) -> Path:
     """Write a segkit checkpoint of an adapted model (``search.expanded_channels`` beside the usual keys).
 
-    ``segkit.engine.checkpoint.build_model_from_checkpoint`` does not know about expansions; load it
-    with :func:`load_adapted`, or export it to ONNX for deployment.
+    It loads like any segkit checkpoint (``Predictor.from_file``, ``python -m segkit.export``,
+    ``build_model_from_checkpoint``) or with :func:`load_adapted`.
     """
     from segkit.engine.checkpoint import model_metadata, save_checkpoint
 
@@ -341,16 +341,18 @@ def save_adapted(
 
 
 def load_adapted(path: str | os.PathLike) -> nn.Module:
-    """Rebuild and load a model written by :func:`save_adapted` (eval mode)."""
-    from segkit.engine.checkpoint import load_checkpoint
+    """Rebuild and load a model written by :func:`save_adapted` (eval mode).
+
+    The same as ``build_model_from_checkpoint`` (which ``Predictor.from_file`` and the export command
+    use), but refuses a checkpoint that is not a searched model.
+    """
+    from segkit.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(path)
     search = ckpt.get(SEARCH_KEY)
     if not isinstance(search, Mapping) or "expanded_channels" not in search:
         raise ValueError(f"{path}: not a searched model (no '{SEARCH_KEY}.expanded_channels' entry)")
-    model = build_adapted_model(ckpt["model_config"], search["expanded_channels"], search.get("out_channels"))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return build_model_from_checkpoint(ckpt)
 
 
 def export_adapted_onnx(
