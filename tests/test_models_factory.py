@@ -127,3 +127,21 @@ def test_hydra_instantiate_builds_the_same_model():
     assert model.encoder.width_mult == 0.75
     assert model.decoder.scale[0].kernel_size == (49, 49)
     assert model.model_config["decoder_params"]["pool_stride"] == [16, 20]
+
+
+def test_import_segkit_is_light_and_create_model_stays_at_the_top_level():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, segkit\n"
+        "assert 'segmentation_models_pytorch' not in sys.modules and 'timm' not in sys.modules\n"
+        "from segkit import create_model\n"
+        "assert create_model is segkit.create_model\n"
+        "print(create_model.__module__, 'segmentation_models_pytorch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["segkit.models.factory", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'make_model'"):
+        segkit.make_model  # noqa: B018
