@@ -260,6 +260,17 @@ def space_to_depth_stem(model: Any) -> int:
     return changed
 
 
+def graph_links(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``(producer, consumers)`` of an ``onnx.GraphProto``: the node writing each tensor name, and the
+    nodes reading it (in graph order). The index every graph rewrite here walks."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    return producer, consumers
+
+
 def quantize_before_space_to_depth(model: Any) -> int:
     """Swap ``SpaceToDepth -> QuantizeLinear`` (per-tensor) into ``QuantizeLinear -> SpaceToDepth``.
 
@@ -271,10 +282,7 @@ def quantize_before_space_to_depth(model: Any) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    _, consumers = graph_links(graph)
     swapped = 0
     nodes = list(graph.node)
     for s2d in [n for n in nodes if n.op_type == "SpaceToDepth"]:
@@ -328,11 +336,7 @@ def fold_scalar_muls(model: Any) -> int:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    producer, consumers = graph_links(graph)
     outputs = {o.name for o in graph.output}
 
     def scalar(name: str) -> float | None:

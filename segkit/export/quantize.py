@@ -185,13 +185,11 @@ def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
     """
     import onnx
 
+    from segkit.export.int8_friendly import graph_links
+
     graph = onnx.load(str(path), load_external_data=False).graph
     outputs = {o.name for o in graph.output}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n.name)
+    producer, consumers = graph_links(graph)
     found = [n for n in graph.node if n.op_type == "Resize" and any(o in outputs for o in n.output)]
     names = {n.name for n in found}
     todo = [n.input[0] for n in found] if head else []
@@ -199,7 +197,7 @@ def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
         node = producer.get(todo.pop())
         if node is None or node.op_type not in ("Conv", "Add") or node.name in names:
             continue
-        if not all(c in names for o in node.output for c in consumers.get(o, [])):
+        if not all(c.name in names for o in node.output for c in consumers.get(o, [])):
             continue
         names.add(node.name)
         todo.extend(i for i in node.input if i in producer)
@@ -216,12 +214,10 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     import onnx
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    from segkit.export.int8_friendly import graph_links
+
     graph = onnx.load(str(path), load_external_data=False).graph
-    producer = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    producer, consumers = graph_links(graph)
     initializers = {i.name for i in graph.initializer}
     known = set(QDQRegistry) | set(QLinearOpsRegistry)
     counts: Counter[str] = Counter()
