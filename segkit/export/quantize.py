@@ -185,9 +185,13 @@ def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
     """
     import onnx
 
+    return head_node_names(onnx.load(str(path), load_external_data=False).graph, head)
+
+
+def head_node_names(graph: Any, head: bool = True) -> list[str]:
+    """:func:`output_head_nodes` of an already loaded ``onnx.GraphProto``."""
     from segkit.export.int8_friendly import graph_links
 
-    graph = onnx.load(str(path), load_external_data=False).graph
     outputs = {o.name for o in graph.output}
     producer, consumers = graph_links(graph)
     found = [n for n in graph.node if n.op_type == "Resize" and any(o in outputs for o in n.output)]
@@ -221,7 +225,7 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     initializers = {i.name for i in graph.initializer}
     known = set(QDQRegistry) | set(QLinearOpsRegistry)
     counts: Counter[str] = Counter()
-    head = set(output_head_nodes(path))
+    head = set(head_node_names(graph))
     head_ops = {n.op_type for n in graph.node if n.name in head}
     for n in graph.node:
         if n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.domain == "com.microsoft":
