@@ -48,6 +48,22 @@ def _metadata(name: str, **kw) -> dict:
     )
 
 
+def _assert_logits_match(wrapper, run, images, meta: dict, size=SIZE) -> None:
+    """onnxruntime's logits equal the PyTorch wrapper's (1e-3) and their argmax agrees on >= 99.9%."""
+    res = compare(
+        wrapper,
+        run,
+        images,
+        input_size=size,
+        mean=meta["mean"],
+        std=meta["std"],
+        preprocess=False,
+        output_kind="logits",
+    )
+    assert res["max_abs_logit_diff"] < 1e-3, res["max_abs_logit_diff"]
+    assert res["argmax_agreement"] >= 0.999, res["argmax_agreement"]
+
+
 @pytest.fixture(scope="module")
 def images(sample_root) -> list[np.ndarray]:
     ds = CityscapesDataset(sample_root, "val", verbose=False)
@@ -67,18 +83,7 @@ def test_every_model_config_exports_and_matches_pytorch(name: str, tmp_path, ima
     assert dims == [3, *SIZE], "static H/W by default"
     if name.startswith("lraspp"):  # upsampling by whole multiples: constant scales, no size arithmetic
         assert "Shape" not in {n.op_type for n in proto.graph.node}
-    res = compare(
-        wrapper,
-        OnnxBackend(path, threads=1).run,
-        images,
-        input_size=SIZE,
-        mean=meta["mean"],
-        std=meta["std"],
-        preprocess=False,
-        output_kind="logits",
-    )
-    assert res["max_abs_logit_diff"] < 1e-3, res["max_abs_logit_diff"]
-    assert res["argmax_agreement"] >= 0.999
+    _assert_logits_match(wrapper, OnnxBackend(path, threads=1).run, images, meta)
 
 
 def test_preprocess_and_argmax_in_graph_equal_the_predictor(tmp_path, images) -> None:
@@ -122,17 +127,7 @@ def test_dynamic_height_and_width(tmp_path, images) -> None:
     assert "Shape" in {n.op_type for n in onnx.load(str(path)).graph.node}, "sizes follow the input"
     run = OnnxBackend(path, threads=1).run
     for size in [(64, 128), (96, 224)]:
-        res = compare(
-            wrapper,
-            run,
-            images,
-            input_size=size,
-            mean=meta["mean"],
-            std=meta["std"],
-            preprocess=False,
-            output_kind="logits",
-        )
-        assert res["max_abs_logit_diff"] < 1e-3 and res["argmax_agreement"] >= 0.999
+        _assert_logits_match(wrapper, run, images, meta, size)
     pred = Predictor.from_file(path, input_size=(96, 224))
     assert pred.probabilities(images[0]).shape == (19, 96, 192)
 
@@ -336,17 +331,8 @@ def test_quantization_source_graph_has_int8_friendly_operators(tmp_path, images)
     conv = next(n for n in graph.node if stem[0].output[0] in n.input)
     assert conv.op_type == "Conv" and inits[conv.input[1]].shape == (16, 12, 2, 2)
     assert read_onnx_metadata(path) == meta
-    res = compare(
-        wrapper,  # the original, HardSwish-module model
-        OnnxBackend(path, threads=1).run,
-        images,
-        input_size=SIZE,
-        mean=meta["mean"],
-        std=meta["std"],
-        preprocess=False,
-        output_kind="logits",
-    )
-    assert res["max_abs_logit_diff"] < 1e-3 and res["argmax_agreement"] >= 0.999
+    # against the original model, with its HardSwish modules
+    _assert_logits_match(wrapper, OnnxBackend(path, threads=1).run, images, meta)
 
 
 def test_static_resize_scales_only_changes_whole_multiples() -> None:
