@@ -1,0 +1,212 @@
+"""Exact rewrites of a fixed-size graph's bilinear upsampling, in both precisions.
+
+A segmentation network upsamples twice at its end: LR-ASPP brings the 1/16 branch to 1/8, then the
+logits to the input size. Both rewrites here compute the same function (up to float rounding) with
+fewer bytes moved, and both need constant Resize scales, i.e. a fixed-size export
+(:func:`~segkit.export.int8_friendly.static_resize_scales`).
+
+* :func:`classify_before_upsampling`: a 1x1 convolution after a bilinear Resize runs before it instead.
+  Bilinear weights sum to one, so a per-pixel linear map (bias included) commutes with them; the Resize
+  then moves the classifier's 19 channels instead of the decoder's 128.
+* :func:`upsample_by_phases`: the final upsampling by a whole factor ``s``. With half-pixel centres,
+  output row ``s * k + p`` mixes input rows ``k - 1, k, k + 1`` with weights that depend on ``p`` only,
+  so each axis is one Gather of the three neighbours and one small MatMul, whose output reshapes to
+  the upsampled layout for free. onnxruntime's own Resize either runs the 19 channels padded to 32 in
+  its blocked layout and then reorders the 40 MB result (512x1024), or runs a slower plain kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Resize coordinate modes whose sampling positions are ``(out + 0.5) / scale - 0.5``, clamped at the edges
+HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel")
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
+    if not found:
+        return default
+    return found[0].decode() if isinstance(found[0], bytes) else found[0]
+
+
+def _constant_scales(node: Any, inits: dict[str, Any]) -> np.ndarray | None:
+    """A Resize's scales when they are a constant and no ``sizes`` input is given, else None."""
+    from onnx import numpy_helper
+
+    if len(node.input) < 3 or node.input[2] not in inits or (len(node.input) > 3 and node.input[3]):
+        return None
+    return numpy_helper.to_array(inits[node.input[2]])
+
+
+def _is_bilinear(node: Any) -> bool:
+    return (
+        node.op_type == "Resize"
+        and _attr(node, "mode", "nearest") == "linear"
+        and _attr(node, "antialias", 0) == 0
+        and _attr(node, "coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
+    )
+
+
+def classify_before_upsampling(model: Any) -> int:
+    """Move each channel-reducing 1x1 Conv that reads a bilinear Resize in front of that Resize.
+
+    Only a Resize with constant scales whose single reader is the Conv qualifies (a Resize whose target
+    size is computed from a shape would still carry the old channel count). Changes ``model`` (an
+    ``onnx.ModelProto``) in place and returns how many pairs were swapped.
+    """
+    from onnx import numpy_helper
+
+    from segkit.export.int8_friendly import graph_links
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    _, consumers = graph_links(graph)
+    nodes = list(graph.node)
+    swapped = 0
+    for resize in [n for n in nodes if _is_bilinear(n)]:
+        users = consumers.get(resize.output[0], [])
+        if _constant_scales(resize, inits) is None or resize.output[0] in outputs or len(users) != 1:
+            continue
+        conv = users[0]
+        if conv.op_type != "Conv" or conv.input[0] != resize.output[0] or conv.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        if (
+            weight.ndim != 4
+            or weight.shape[2:] != (1, 1)
+            or weight.shape[0] >= weight.shape[1]
+            or _attr(conv, "group", 1) != 1
+            or list(_attr(conv, "strides", [1, 1])) != [1, 1]
+            or any(_attr(conv, "pads", [0, 0, 0, 0]))
+            or _attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+        ):
+            continue
+        source, target = resize.input[0], conv.output[0]
+        conv.input[0] = source
+        conv.output[0] = f"{conv.name or target}_before_upsampling"
+        resize.input[0], resize.output[0] = conv.output[0], target
+        nodes.remove(conv)
+        nodes.insert(nodes.index(resize), conv)
+        swapped += 1
+    if swapped:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        del graph.value_info[:]  # the swapped tensors' shapes changed; checkers re-infer them
+    return swapped
+
+
+def phase_weights(scale: int) -> np.ndarray:
+    """``(scale, 3)`` weights of input samples ``k - 1, k, k + 1`` for output sample ``scale * k + p``.
+
+    Half-pixel centres put output ``scale * k + p`` at input position ``k + (p + 0.5) / scale - 0.5``,
+    an offset within (-0.5, 0.5) of sample ``k``: it interpolates between ``k`` and the neighbour on
+    the offset's side. Edge clamping is the Gather's index clamping (see :func:`upsample_by_phases`).
+    """
+    weights = np.zeros((scale, 3), dtype=np.float32)
+    for p in range(scale):
+        offset = (p + 0.5) / scale - 0.5
+        if offset < 0:
+            weights[p, 0], weights[p, 1] = -offset, 1.0 + offset
+        else:
+            weights[p, 1], weights[p, 2] = 1.0 - offset, offset
+    return weights
+
+
+def _neighbours(length: int) -> np.ndarray:
+    """``(length, 3)`` indices ``k - 1, k, k + 1`` clamped to the axis: the edge sample repeats."""
+    return np.clip(np.arange(length)[:, None] + np.arange(-1, 2)[None, :], 0, length - 1).astype(np.int64)
+
+
+def _phase_upsampling(source: str, base: str, shape: list[int], s_h: int, s_w: int) -> tuple[list, list]:
+    """Nodes and initializers upsampling ``source`` (``N x C x h x w``) by ``s_h, s_w``; the last node's
+    output is named ``{base}_up``."""
+    from onnx import helper, numpy_helper
+
+    _, channels, height, width = shape
+    nodes: list[Any] = []
+    inits: list[Any] = []
+
+    def const(suffix: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, f"{base}_{suffix}"))
+        return inits[-1].name
+
+    def add(op: str, inputs: list[str], suffix: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [f"{base}_{suffix}"], name=f"{base}_{suffix}", **attrs))
+        return nodes[-1].output[0]
+
+    x = source
+    if s_w > 1:  # N C h w -> N C h w 3 (neighbours) -> N C h w s_w (phases) -> N C h (w s_w)
+        x = add("Gather", [x, const("w_index", _neighbours(width))], "w_neighbours", axis=3)
+        x = add("MatMul", [x, const("w_weights", phase_weights(s_w).T.copy())], "w_phases")
+        x = add("Reshape", [x, const("w_shape", np.array([0, channels, height, width * s_w]))], "w_up")
+    if s_h > 1:  # N C h W -> N C h 3 W -> N C h s_h W -> N C (h s_h) W
+        x = add("Gather", [x, const("h_index", _neighbours(height))], "h_neighbours", axis=2)
+        x = add("MatMul", [const("h_weights", phase_weights(s_h)), x], "h_phases")
+        add("Reshape", [x, const("h_shape", np.array([0, channels, height * s_h, width * s_w]))], "h_up")
+    nodes[-1].output[0] = nodes[-1].name = f"{base}_up"
+    return nodes, inits
+
+
+def upsample_by_phases(model: Any) -> int:
+    """Rewrite the final bilinear upsampling (half-pixel, whole factors) as Gather + MatMul per axis.
+
+    The Resize qualifies when it writes a graph output or feeds only ArgMax nodes, has constant scales
+    ``[1, 1, s_h, s_w]`` with whole ``s_h, s_w``, and shape inference knows its input's channels,
+    height and width (the batch may stay free). The width pass runs first, on the small input. A graph
+    output written straight by a Reshape would be a copy on one thread (onnxruntime never lets a graph
+    output alias an intermediate buffer), so a bound-less ``Clip`` writes it instead: the same values,
+    in one parallel pass. Changes ``model`` (an ``onnx.ModelProto``) in place and returns how many
+    Resize nodes were rewritten.
+    """
+    import onnx
+    from onnx import helper
+
+    from segkit.export.int8_friendly import drop_unused_nodes, graph_links
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    _, consumers = graph_links(graph)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    rewritten = 0
+    for resize in [n for n in graph.node if _is_bilinear(n)]:
+        if _attr(resize, "coordinate_transformation_mode", "half_pixel") not in HALF_PIXEL_MODES:
+            continue
+        is_output = resize.output[0] in outputs
+        users = consumers.get(resize.output[0], [])
+        if not is_output and (not users or any(u.op_type != "ArgMax" for u in users)):
+            continue
+        scales = _constant_scales(resize, inits)
+        shape = dims.get(resize.input[0])
+        if scales is None or scales.shape != (4,) or not shape or len(shape) != 4 or None in shape[1:]:
+            continue
+        s_h, s_w = float(scales[2]), float(scales[3])
+        if list(scales[:2]) != [1.0, 1.0] or min(s_h, s_w) < 1 or s_h % 1 or s_w % 1 or s_h * s_w == 1:
+            continue
+        base = resize.name or resize.output[0]
+        nodes, new_inits = _phase_upsampling(resize.input[0], base, shape, int(s_h), int(s_w))
+        if is_output:
+            nodes.append(
+                helper.make_node("Clip", [nodes[-1].output[0]], list(resize.output), name=f"{base}_write")
+            )
+        else:
+            nodes[-1].output[0] = resize.output[0]
+        graph.initializer.extend(new_inits)
+        position = list(graph.node).index(resize)
+        graph.node.remove(resize)
+        for offset, node in enumerate(nodes):
+            graph.node.insert(position + offset, node)
+        rewritten += 1
+    if rewritten:
+        drop_unused_nodes(model)
+    return rewritten
