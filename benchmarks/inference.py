@@ -133,7 +133,7 @@ def metadata(name: str, size: tuple[int, int]) -> dict:
 
     return build_metadata(
         model_name=name, class_names=labels.CLASS_NAMES, palette=labels.PALETTE, mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, input_size=size, dynamic=False, preprocess=False, argmax=False,
+        std=IMAGENET_STD, input_size=size, dynamic=False, preprocess=False, argmax=False, batch=1,
     )  # fmt: skip
 
 
@@ -164,11 +164,18 @@ class Bench:
         """Export ``model`` at ``size`` and quantize it; registers both; returns the fp32 path and case."""
         stem = self.tmp / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_{size[0]}x{size[1]}"
         wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
-        fp32 = export_onnx(wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=metadata(name, size))
+        # batch=1, as a device build (``python -m segkit.export ... batch=1``): both files take one image
+        fp32 = export_onnx(
+            wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=metadata(name, size), batch=1
+        )
         f_case = self.ort_case(size, name, "onnxruntime fp32", fp32, feed, madds=madds, ref=ref)
         # as the export command does: quantize the int8-friendly form of the same network
         source = export_quantization_source(
-            wrapper, stem.with_suffix(".int8src.onnx"), input_size=size, metadata=metadata(name, size)
+            wrapper,
+            stem.with_suffix(".int8src.onnx"),
+            input_size=size,
+            metadata=metadata(name, size),
+            batch=1,
         )
         int8 = quantize_int8(source, stem.with_suffix(".int8.onnx"), batches)
         self.ort_case(size, name, "onnxruntime int8", int8, feed, madds=madds, ref=f_case,
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if si == 0 and not a.no_variants and not a.quick:
             unpadded = export_quantization_source(
                 ExportWrapper(same, IMAGENET_MEAN, IMAGENET_STD), tmp / "unpadded.int8src.onnx",
-                input_size=size, metadata=metadata(TV_ARCH, size), pad_depthwise=False,
+                input_size=size, metadata=metadata(TV_ARCH, size), pad_depthwise=False, batch=1,
             )  # fmt: skip
             friendly = fp32_tv.with_suffix(".int8src.onnx")
             sources = {"friendly": friendly, "plain": fp32_tv, "unpadded": unpadded}

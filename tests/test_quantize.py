@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torchvision.ops.misc import SqueezeExcitation
 
 import segkit
 from segkit.config import load_group
@@ -112,10 +113,13 @@ def test_int8_keeps_miou_and_shrinks_the_file(exported: dict) -> None:
 
 def test_int8_report_lists_fp32_operators_with_reasons(exported: dict) -> None:
     ops = exported["report"]["int8"]["fp32_operators"]
-    # hard-swish/hard-sigmoid are quantized as Mul/Add/Clip: only the final upsampling and the two
-    # LR-ASPP classifiers (and their sum) before it stay fp32, on purpose
-    assert {k: v["count"] for k, v in ops.items()} == {"Add": 1, "Conv": 2, "Resize": 1}
-    assert all("final upsampling" in v["reason"] for v in ops.values())
+    # hard-swish/hard-sigmoid are quantized as Mul/Add/Clip: only the final upsampling (Gather + MatMul
+    # per axis, a Clip writing the output), the two LR-ASPP classifiers, the upsampling of the high one
+    # and their sum stay fp32, on purpose
+    assert {k: v["count"] for k, v in ops.items()} == {
+        "Add": 1, "Conv": 2, "Resize": 1, "Gather": 2, "MatMul": 2, "Reshape": 2, "Clip": 1,
+    }  # fmt: skip
+    assert all(v["reason"].startswith("final upsampling") for v in ops.values()), ops
     assert exported["report"]["int8"]["options"]["int8_friendly"] is True
 
 
@@ -141,8 +145,8 @@ def test_int8_graph_runs_the_activations_as_int8_kernels(exported: dict, tmp_pat
     graph = _optimized_graph(path, tmp_path)
     ops = Counter(n.op_type for n in graph.node)
     producer = {o: n for n in graph.node for o in n.output}
-    assert not {"HardSigmoid", "HardSwish", "Mul", "Clip"} & set(ops), ops
-    assert (ops["Conv"], ops["Add"]) == (2, 1), "only the fp32 classifier head"
+    assert not {"HardSigmoid", "HardSwish", "Mul"} & set(ops), ops
+    assert (ops["Conv"], ops["Add"], ops["Clip"]) == (2, 1, 1), "only the fp32 classifier head"
     dq_fed = {
         n.op_type
         for n in graph.node
@@ -157,9 +161,48 @@ def test_int8_graph_runs_the_activations_as_int8_kernels(exported: dict, tmp_pat
     # gate; each hard-sigmoid's x * (1/6) is folded into a DequantizeLinear scale, its + 1/2 is an Add
     assert ops["QLinearMul"] == n_swish + n_sigmoid + 1, ops
     assert ops["QLinearAdd"] >= n_swish + n_sigmoid, ops
-    final = next(n for n in graph.node if n.output[0] == graph.output[0].name)
-    assert final.op_type == "Resize", "the logits come straight out of an fp32 Resize, no Q/DQ after it"
-    assert producer[final.input[0]].op_type == "Add"
+    # the logits come straight out of the fp32 upsampling, no Q/DQ after it: width pass, height pass,
+    # and the Clip writing the output (see upsample_by_phases)
+    chain, name = [], graph.output[0].name
+    while producer[name].op_type != "Add":
+        chain.append(producer[name].op_type)
+        name = next(i for i in producer[name].input if i in producer)  # the data, not the constants
+    assert chain == ["Clip", "Reshape", "MatMul", "Gather", "Reshape", "MatMul", "Gather"]
+
+
+def test_batch_1_export_folds_the_se_gates_and_predicts_batches(
+    exported: dict, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "b1.onnx"
+    args = [
+        f"checkpoint={exported['ckpt']}", f"output={out}", f"verify.root={exported['root']}",
+        "verify.images=null", "quantize=int8", f"calibration.root={exported['root']}", "calibration.images=8",
+        "batch=1", "threads=1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((tmp_path / "b1.report.json").read_text())
+    assert report["onnx"]["batch"] == 1 and report["int8"]["miou_drop_points"] <= 1.0
+    int8 = Path(report["int8"]["path"])
+    for path in (out, int8):
+        dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims] == [1, 3, *SIZE]
+    # each SE block's int8 multiply became a gate-scaled weight of the convolution after it
+    n_se = sum(isinstance(m, SqueezeExcitation) for m in segkit.create_model(MODEL, num_classes=19).modules())
+    free = Counter(
+        n.op_type for n in _optimized_graph(Path(exported["report"]["int8"]["path"]), tmp_path).node
+    )
+    fixed = Counter(n.op_type for n in _optimized_graph(int8, tmp_path).node)
+    assert n_se == 9 and fixed["QLinearMul"] == free["QLinearMul"] - n_se, (free, fixed)
+    assert report["int8"]["agreement_with_fp32"] >= 0.9
+    # a fixed-batch graph still predicts a list of images (run one at a time)
+    ds = CityscapesDataset(exported["root"], "val", verbose=False)
+    images = [ds.load(i)[0] for i in range(3)]
+    for path in (out, int8):
+        pred = Predictor.from_file(path, threads=1)
+        masks = pred.predict_batch(images)
+        assert all(np.array_equal(m, pred.predict(img)) for m, img in zip(masks, images, strict=True))
+    assert main([f"checkpoint={exported['ckpt']}", f"output={tmp_path / 'bad.onnx'}", "batch=0"]) == 1
+    assert "batch=0 must be a positive whole number" in capsys.readouterr().err
 
 
 def test_fold_scalar_muls_is_exact_on_a_qdq_graph() -> None:

@@ -90,6 +90,9 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
         raise ValueError(f"input_size={list(size_cfg)} must be [height, width] of at least 32 pixels")
     size = (int(size_cfg[0]), int(size_cfg[1]))
     dynamic, preprocess, argmax = bool(cfg["dynamic"]), bool(cfg["preprocess"]), bool(cfg["argmax"])
+    batch = cfg.get("batch")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch={batch!r} must be a positive whole number of images, or null for any batch")
     pooling = (ckpt["model_config"].get("decoder_params") or {}).get("pooling")
     if dynamic and pooling == "paper":
         raise ValueError(
@@ -107,6 +110,7 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
         input_size=size,
         preprocess=preprocess,
         argmax=argmax,
+        batch=batch,
     )
     meta = build_metadata(dynamic=dynamic, **meta_kwargs)
     wrapper = ExportWrapper(model, mean, std, preprocess=preprocess, argmax=argmax).eval()
@@ -133,15 +137,20 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
         with tempfile.TemporaryDirectory() as tmp:
             log(f"exporting {name} at {size[0]}x{size[1]} to {output}")
             export_onnx(
-                wrapper, output, input_size=size, metadata=meta, dynamic=dynamic, opset=int(cfg["opset"])
+                wrapper,
+                output,
+                input_size=size,
+                metadata=meta,
+                dynamic=dynamic,
+                opset=int(cfg["opset"]),
+                batch=batch,
             )
             report["onnx"] = {
                 "path": str(output),
                 "bytes": output.stat().st_size,
                 "opset": int(cfg["opset"]),
-                **{
-                    k: meta[k] for k in ("input_size", "dynamic", "input_kind", "input_layout", "output_kind")
-                },
+                **{k: meta[k] for k in ("input_size", "dynamic", "batch", "input_kind", "input_layout")},
+                "output_kind": meta["output_kind"],
             }
             root, source = _resolve_dataset(cfg, Path(tmp), log)
             split, n_verify = cfg["verify"]["split"], cfg["verify"].get("images")
@@ -243,6 +252,7 @@ def _quantize(
                 metadata=build_metadata(dynamic=dynamic, **meta_kwargs),
                 dynamic=dynamic,
                 opset=int(cfg["opset"]),
+                batch=meta_kwargs["batch"],
             )
         quantize_int8(
             source,

@@ -176,7 +176,7 @@ def static_resize_scales(model: Any) -> int:
         node.input.extend(["", name])  # roi unused, scales
         changed += 1
     if changed:
-        _drop_unused_nodes(model)
+        drop_unused_nodes(model)
     return changed
 
 
@@ -256,7 +256,7 @@ def space_to_depth_stem(model: Any) -> int:
         graph.node.insert(pos, s2d)
         changed += 1
     if changed:
-        _drop_unused_nodes(model)
+        drop_unused_nodes(model)
     return changed
 
 
@@ -304,7 +304,7 @@ def quantize_before_space_to_depth(model: Any) -> int:
     return swapped
 
 
-def _drop_unused_nodes(model: Any) -> None:
+def drop_unused_nodes(model: Any) -> None:
     """Remove nodes none of whose outputs is used (repeatedly), then initializers nobody reads."""
     graph = model.graph
     outputs = {o.name for o in graph.output}
@@ -400,7 +400,85 @@ def fold_scalar_muls(model: Any) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     if folded:
-        _drop_unused_nodes(model)
+        drop_unused_nodes(model)
+    return folded
+
+
+def fold_se_gates(model: Any) -> int:
+    """Fold each squeeze-and-excitation gate into the weights of the 1x1 convolution after it (QDQ).
+
+    ``Conv(W, x * g)`` with a per-channel gate ``g`` of shape ``1 x C x 1 x 1`` is ``Conv(W * g, x)``:
+    the gate scales the weights' input channels instead of the whole feature map. onnxruntime runs the
+    broadcasting int8 multiply of the original on one thread over the full map; folded, it scales a
+    ``C_out x C`` weight matrix, re-quantized with the weights' own per-channel scales (the gate lies in
+    [0, 1], so it cannot overflow them), and onnxruntime still fuses the convolution into QLinearConv.
+    Same function up to int8 rounding. Needs a batch of 1: one gate per image cannot scale one set of
+    weights, which is why only a graph whose gate tensors are statically ``1 x C x 1 x 1`` qualifies.
+    Changes ``model`` (a quantized ``onnx.ModelProto``) in place and returns how many gates were folded.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    producer, consumers = graph_links(graph)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+
+    def dq_of(name: str) -> Any:
+        node = producer.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def only_user(name: str, op_type: str) -> Any:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    folded = 0
+    for mul in [n for n in graph.node if n.op_type == "Mul" and len(n.input) == 2]:
+        if not all(dq_of(i) for i in mul.input):
+            continue
+        shapes = [dims.get(i) or [] for i in mul.input]
+        gates = [k for k, d in enumerate(shapes) if len(d) == 4 and d[0] == 1 and d[1] and d[2:] == [1, 1]]
+        if (
+            len(gates) != 1
+            or len(shapes[1 - gates[0]]) != 4
+            or shapes[1 - gates[0]][1] != shapes[gates[0]][1]
+        ):
+            continue  # not one 1 x C x 1 x 1 gate scaling a C-channel map
+        gate, activation = mul.input[gates[0]], mul.input[1 - gates[0]]
+        q = only_user(mul.output[0], "QuantizeLinear")
+        dq = q and only_user(q.output[0], "DequantizeLinear")
+        conv = dq and only_user(dq.output[0], "Conv")
+        if not conv or conv.input[0] != dq.output[0] or len(conv.input) < 2:
+            continue
+        w_dq = dq_of(conv.input[1])
+        if w_dq is None or w_dq.input[0] not in inits or len(w_dq.input) < 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        if attrs.get("group", 1) != 1 or list(attrs.get("kernel_shape", [1, 1])) != [1, 1]:
+            continue
+        axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
+        base = conv.name or conv.output[0]
+        names = [f"{base}_gated_{k}" for k in ("weight", "weight_q", "weight_dq")]
+        new = [
+            helper.make_node("Mul", [w_dq.output[0], gate], [names[0]], name=names[0]),
+            helper.make_node(
+                "QuantizeLinear", [names[0], *w_dq.input[1:]], [names[1]], name=names[1], axis=axis
+            ),
+            helper.make_node(
+                "DequantizeLinear", [names[1], *w_dq.input[1:]], [names[2]], name=names[2], axis=axis
+            ),
+        ]
+        conv.input[0], conv.input[1] = activation, names[2]
+        position = list(graph.node).index(conv)
+        for offset, node in enumerate(new):
+            graph.node.insert(position + offset, node)
+        folded += 1
+    if folded:
+        drop_unused_nodes(model)
     return folded
 
 
@@ -413,6 +491,7 @@ def export_quantization_source(
     dynamic: bool = False,
     opset: int = 17,
     pad_depthwise: bool = True,
+    batch: int | None = None,
 ) -> Path:
     """Export ``wrapper`` (an :class:`~segkit.export.onnx.ExportWrapper`) as the fp32 graph to quantize.
 
@@ -420,7 +499,8 @@ def export_quantization_source(
     depthwise widths padded to multiples of 16 (:func:`int8_friendly`) and, for a fixed input size, a
     space-to-depth stem (:func:`space_to_depth_stem`; constant Resize scales come with every fixed-size
     export). The regular fp32 file keeps the fused ``HardSwish`` and the original widths, which is what
-    onnxruntime runs fastest in fp32.
+    onnxruntime runs fastest in fp32. The final upsampling stays a Resize here, so the quantizer can
+    leave it in fp32; :func:`~segkit.export.quantize.quantize_int8` rewrites it afterwards.
     """
     import onnx
 
@@ -433,6 +513,8 @@ def export_quantization_source(
         metadata=metadata,
         dynamic=dynamic,
         opset=opset,
+        batch=batch,
+        final_upsampling=False,
     )
     if not dynamic:
         model = onnx.load(str(path))

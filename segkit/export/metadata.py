@@ -30,13 +30,15 @@ def build_metadata(
     preprocess: bool,
     argmax: bool,
     precision: str = "fp32",
+    batch: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata dict of an exported model (plain JSON-able values only).
 
     ``input_kind`` is 'uint8' (N x H x W x 3 RGB, normalised in the graph) or 'float' (N x 3 x H x W,
     normalised by the caller); ``output_kind`` is 'mask' (uint8 N x H x W trainIds) or 'logits'.
-    ``input_size`` is the export size; with ``dynamic`` the graph also takes other sizes.
+    ``input_size`` is the export size; with ``dynamic`` the graph also takes other sizes. ``batch`` is
+    the graph's fixed batch size, or None when it takes any.
     """
     return {
         "format": ONNX_FORMAT,
@@ -48,6 +50,7 @@ def build_metadata(
         "std": [float(s) for s in std],
         "input_size": [int(input_size[0]), int(input_size[1])],
         "dynamic": bool(dynamic),
+        "batch": None if batch is None else int(batch),
         "input_kind": "uint8" if preprocess else "float",
         "input_layout": "NHWC" if preprocess else "NCHW",
         "output_kind": "mask" if argmax else "logits",

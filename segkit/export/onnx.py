@@ -77,18 +77,24 @@ def export_onnx(
     metadata: Mapping[str, Any],
     dynamic: bool = False,
     opset: int = MIN_OPSET,
+    batch: int | None = None,
+    final_upsampling: bool = True,
 ) -> Path:
     """Export ``wrapper`` to one .onnx file at ``output`` with ``metadata`` in its metadata_props.
 
-    The batch axis is always dynamic; height and width are fixed to ``input_size`` unless ``dynamic``.
+    The batch axis is free unless ``batch`` fixes it (device runtimes take fixed shapes, and some int8
+    rewrites need a batch of 1); height and width are fixed to ``input_size`` unless ``dynamic``.
     A fixed-size graph gets constant Resize scales (:func:`~segkit.export.int8_friendly.static_resize_scales`:
-    no run-time size arithmetic, and onnxruntime runs the final upsampling in its blocked layout, about
-    2% faster in fp32 at 512x1024). The file is written atomically and checked with ``onnx.checker``.
+    no run-time size arithmetic), its classifier moved before the decoder's upsampling
+    (:func:`~segkit.export.upsampling.classify_before_upsampling`) and, with ``final_upsampling``, the
+    upsampling to the input size as Gather + MatMul (:func:`~segkit.export.upsampling.upsample_by_phases`);
+    all three compute the same function. The file is written atomically and checked with ``onnx.checker``.
     """
     import onnx
 
     from segkit.export.int8_friendly import static_resize_scales
     from segkit.export.metadata import set_onnx_metadata
+    from segkit.export.upsampling import classify_before_upsampling, upsample_by_phases
 
     if opset < MIN_OPSET:
         raise ValueError(f"opset={opset} is below the minimum supported opset {MIN_OPSET}")
@@ -96,13 +102,15 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     in_name, out_name = ("image", "mask" if wrapper.argmax else "logits")
     h_ax, w_ax = (1, 2) if wrapper.preprocess else (2, 3)
-    in_axes: dict[int, str] = {0: "batch"}
-    out_axes: dict[int, str] = {0: "batch"}
+    if batch is not None and int(batch) < 1:
+        raise ValueError(f"batch={batch} must be a positive number of images, or null for a free batch")
+    in_axes: dict[int, str] = {} if batch else {0: "batch"}
+    out_axes: dict[int, str] = {} if batch else {0: "batch"}
     if dynamic:
         in_axes.update({h_ax: "height", w_ax: "width"})
         o_h = 1 if wrapper.argmax else 2
         out_axes.update({o_h: "height", o_h + 1: "width"})
-    example = example_input(input_size, wrapper.preprocess)
+    example = example_input(input_size, wrapper.preprocess, batch=int(batch or 1))
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         with torch.no_grad():
@@ -114,12 +122,17 @@ def export_onnx(
                 opset_version=opset,
                 input_names=[in_name],
                 output_names=[out_name],
-                dynamic_axes={in_name: in_axes, out_name: out_axes},
+                dynamic_axes={
+                    name: axes for name, axes in ((in_name, in_axes), (out_name, out_axes)) if axes
+                },
                 do_constant_folding=True,
             )
         model = onnx.load(str(raw))
         if not dynamic:
             static_resize_scales(model)
+            classify_before_upsampling(model)
+            if final_upsampling:
+                upsample_by_phases(model)
         set_onnx_metadata(model, metadata)
         model.doc_string = f"segkit {metadata.get('model_name', '')}: semantic segmentation"
         onnx.checker.check_model(model)

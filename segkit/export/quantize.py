@@ -81,6 +81,8 @@ def quantize_int8(
     optimize_before: bool = True,
     fp32_head: bool = True,
     fold_muls: bool = True,
+    fold_se: bool = True,
+    final_upsampling: bool = True,
     nodes_to_exclude: Sequence[str] = (),
 ) -> Path:
     """Quantize ``fp32_path`` to ``output`` (one file) after ``quant_pre_process``.
@@ -93,14 +95,19 @@ def quantize_int8(
     Resize is faster than its uint8 one, and after an fp32 Conv it runs in the blocked NCHWc layout,
     faster again; the classifiers themselves are 1x1 convolutions at 1/8 resolution.
     ``fold_muls`` folds multiplications by a constant into the scale of
-    the DequantizeLinear before them (see :func:`segkit.export.int8_friendly.fold_scalar_muls`).
+    the DequantizeLinear before them (see :func:`segkit.export.int8_friendly.fold_scalar_muls`);
+    ``fold_se`` folds squeeze-and-excitation gates into the next convolution's weights, which only a
+    graph fixed to a batch of 1 allows (:func:`segkit.export.int8_friendly.fold_se_gates`);
+    ``final_upsampling`` then rewrites the fp32 final upsampling as in the fp32 export
+    (:func:`segkit.export.upsampling.upsample_by_phases`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from segkit.export.int8_friendly import fold_scalar_muls, quantize_before_space_to_depth
+    from segkit.export.int8_friendly import fold_scalar_muls, fold_se_gates, quantize_before_space_to_depth
     from segkit.export.metadata import set_onnx_metadata
+    from segkit.export.upsampling import upsample_by_phases
 
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
     methods = {
@@ -158,6 +165,10 @@ def quantize_int8(
         if fold_muls:
             fold_scalar_muls(model)
         quantize_before_space_to_depth(model)  # exact, see its docstring
+        if fold_se:
+            fold_se_gates(model)
+        if final_upsampling:
+            upsample_by_phases(model)
         if metadata is not None:
             set_onnx_metadata(model, metadata)
         onnx.checker.check_model(model)
@@ -180,12 +191,18 @@ def _working_directory(path: str | os.PathLike) -> Iterator[None]:
 def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
     """Names of the nodes of the graph at ``path`` that only compute the final upsampled logits.
 
-    The Resize writing a graph output and, with ``head``, the Conv/Add nodes before it whose results
-    feed nothing else (LR-ASPP's two classifiers and their sum; a single classifier Conv elsewhere).
+    The final upsampling writing a graph output (a Resize, or the Gather/MatMul/Reshape/Clip chain of
+    :func:`~segkit.export.upsampling.upsample_by_phases`) and, with ``head``, the Conv/Add/Resize nodes
+    before it whose results feed nothing else (LR-ASPP's two classifiers, the upsampling of the
+    high-level one, and their sum; a single classifier Conv elsewhere).
     """
     import onnx
 
     return head_node_names(onnx.load(str(path), load_external_data=False).graph, head)
+
+
+#: operators of the final upsampling (a Resize, or upsample_by_phases' rewrite of it)
+UPSAMPLING_OPS = ("Resize", "Gather", "MatMul", "Reshape", "Clip")
 
 
 def head_node_names(graph: Any, head: bool = True) -> list[str]:
@@ -194,15 +211,18 @@ def head_node_names(graph: Any, head: bool = True) -> list[str]:
 
     outputs = {o.name for o in graph.output}
     producer, consumers = graph_links(graph)
-    found = [n for n in graph.node if n.op_type == "Resize" and any(o in outputs for o in n.output)]
+    found = [n for n in graph.node if n.op_type in ("Resize", "Clip") and any(o in outputs for o in n.output)]
     names = {n.name for n in found}
-    todo = [n.input[0] for n in found] if head else []
+    todo = [i for n in found for i in n.input if i in producer]
+    allowed = UPSAMPLING_OPS + (("Conv", "Add") if head else ())
     while todo:
         node = producer.get(todo.pop())
-        if node is None or node.op_type not in ("Conv", "Add") or node.name in names:
+        if node is None or node.op_type not in allowed or node.name in names:
             continue
         if not all(c.name in names for o in node.output for c in consumers.get(o, [])):
             continue
+        if not head and node.op_type == "Resize":
+            continue  # without the head, only the last upsampling
         names.add(node.name)
         todo.extend(i for i in node.input if i in producer)
     return [n.name for n in graph.node if n.name in names]
@@ -224,9 +244,8 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     producer, consumers = graph_links(graph)
     initializers = {i.name for i in graph.initializer}
     known = set(QDQRegistry) | set(QLinearOpsRegistry)
-    counts: Counter[str] = Counter()
     head = set(head_node_names(graph))
-    head_ops = {n.op_type for n in graph.node if n.name in head}
+    reasons: dict[str, Counter[str]] = {}
     for n in graph.node:
         if n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") or n.domain == "com.microsoft":
             continue
@@ -240,26 +259,27 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             continue  # the DQ -> op -> Q pattern onnxruntime runs as one int8 kernel
         if any(producer.get(i) is not None and producer[i].op_type == "QuantizeLinear" for i in n.input):
             continue  # rearranges already quantized values (e.g. the stem's SpaceToDepth)
-        counts[n.op_type] += 1
-    result = {}
-    for op, count in sorted(counts.items()):
-        if op in SHAPE_OPS:
-            reason = "shape/index arithmetic on int64 tensors, not activations"
-        elif op not in known:
-            reason = (
-                "no int8 kernel in onnxruntime (its quantizer has no rule for this operator): runs in fp32, "
-                "with DequantizeLinear before and QuantizeLinear after it"
-            )
-        elif op in head_ops:
-            reason = (
-                "final upsampling to the input size or the classifier before it, left fp32 on purpose "
-                "(quantize_int8's fp32_head): faster than int8 there, see its docstring"
-            )
-        elif op == "ArgMax":
-            reason = "argmax output (indices), computed on dequantized logits"
-        else:
-            reason = (
-                "not selected for quantization (op_types_to_quantize) or its input is not a float activation"
-            )
-        result[op] = {"count": count, "reason": reason}
-    return result
+        reasons.setdefault(n.op_type, Counter())[_fp32_reason(n, head, known)] += 1
+    return {
+        op: {"count": sum(found.values()), "reason": "; ".join(sorted(found))}
+        for op, found in sorted(reasons.items())
+    }
+
+
+def _fp32_reason(node: Any, head: set[str], known: set[str]) -> str:
+    """Why :func:`fp32_operators` found ``node`` computing in fp32."""
+    if node.name in head:
+        return (
+            "final upsampling to the input size or the classifier before it, left fp32 on purpose "
+            "(quantize_int8's fp32_head): faster than int8 there, see its docstring"
+        )
+    if node.op_type in SHAPE_OPS:
+        return "shape/index arithmetic on int64 tensors, not activations"
+    if node.op_type not in known:
+        return (
+            "no int8 kernel in onnxruntime (its quantizer has no rule for this operator): runs in fp32, "
+            "with DequantizeLinear before and QuantizeLinear after it"
+        )
+    if node.op_type == "ArgMax":
+        return "argmax output (indices), computed on dequantized logits"
+    return "not selected for quantization (op_types_to_quantize) or its input is not a float activation"

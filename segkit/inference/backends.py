@@ -172,11 +172,24 @@ class OnnxBackend(Backend):
             ) from None
         from segkit.export.metadata import decode_metadata  # here: segkit.export imports this module
 
-        self.input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        #: the graph's fixed batch size (an export with ``batch=N``), or None when it takes any
+        self.fixed_batch = graph_input.shape[0] if isinstance(graph_input.shape[0], int) else None
         self.meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
+        batch = np.ascontiguousarray(batch)
+        step = self.fixed_batch
+        if step is None or len(batch) == step:
+            return self.session.run(None, {self.input_name: batch})[0]
+        # a fixed-batch graph runs the images in chunks of its size, the last one padded with copies
+        outs = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            full = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), axis=0)])
+            outs.append(self.session.run(None, {self.input_name: full})[0][: len(chunk)])
+        return np.concatenate(outs)
 
 
 class ExecuTorchBackend(Backend):
