@@ -4,7 +4,8 @@
     python benchmarks/inference.py --quick --iters 20   # first size, ONNX fp32/int8 of the torchvision arch
 
 Batch 1, random weights (speed does not depend on them; denormals are flushed to zero in every runtime,
-as trained weights do not produce them), network only (no resize/argmax around it).
+as trained weights do not produce them), network only (no resize/argmax around it); the ONNX files are
+fixed-size, batch-1 builds, as ``python -m segkit.export ... batch=1`` writes them for a device.
 Rows: torchvision's ``lraspp_mobilenet_v3_large`` eager; segkit's model of the same architecture
 (``from_torchvision_lraspp``) eager, as ONNX fp32 and as int8 (QDQ, per-channel, calibrated on a
 generated sample, quantized from the int8-friendly graph as the export command does); then the paper
@@ -224,6 +225,8 @@ class Bench:
 #: "plain" is the fp32 file as exported (HardSwish), "friendly" the int8-friendly graph the rows use,
 #: "unpadded" the int8-friendly graph with MobileNetV3's own depthwise widths (72, 120, 184, 200).
 VARIANTS = {
+    "int8 friendly, SE gates not folded (as a free-batch export)": ("friendly", dict(fold_se=False)),
+    "int8 friendly, final upsampling a Resize": ("friendly", dict(final_upsampling=False)),
     "int8 friendly, depthwise widths not padded": ("unpadded", {}),
     "int8 plain graph (HardSigmoid fp32)": ("plain", dict(fp32_head=False, fold_muls=False)),
     "int8 HardSwish kept one op": ("plain", dict(optimize_before=False, fp32_head=False)),
@@ -317,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                 input_size=size, metadata=metadata(TV_ARCH, size), pad_depthwise=False, batch=1,
             )  # fmt: skip
             friendly = fp32_tv.with_suffix(".int8src.onnx")
-            sources = {"friendly": friendly, "plain": fp32_tv, "unpadded": unpadded}
+            plain = export_onnx(  # the fp32 file's graph with its final upsampling still a Resize
+                ExportWrapper(same, IMAGENET_MEAN, IMAGENET_STD), tmp / "plain.onnx", input_size=size,
+                metadata=metadata(TV_ARCH, size), batch=1, final_upsampling=False,
+            )  # fmt: skip
+            sources = {"friendly": friendly, "plain": plain, "unpadded": unpadded}
             for label, (source, kw) in VARIANTS.items():
                 src = sources[source]
                 path = quantize_int8(src, tmp / f"variant_{len(bench.cases)}.onnx", batches, **kw)

@@ -89,11 +89,11 @@ def quantize_int8(
 
     ``activation_type`` 'uint8' with int8 weights (U8S8) is what onnxruntime's x86 kernels are fastest
     with; ``metadata`` (if given) replaces the file's metadata_props, e.g. with ``precision: int8``.
-    ``fp32_head`` leaves the final upsampling to the input size and the classifier Conv/Add nodes that
-    only feed it in fp32 (:func:`output_head_nodes`): quantizing the full-size float logits only to
-    dequantize them straight away costs two passes over the largest tensor, onnxruntime's fp32 bilinear
-    Resize is faster than its uint8 one, and after an fp32 Conv it runs in the blocked NCHWc layout,
-    faster again; the classifiers themselves are 1x1 convolutions at 1/8 resolution.
+    ``fp32_head`` leaves the final upsampling to the input size and the classifier Conv/Add/Resize
+    nodes that only feed it in fp32 (:func:`output_head_nodes`): quantizing the full-size float logits
+    only to dequantize them straight away costs two passes over the largest tensor, and onnxruntime's
+    fp32 bilinear upsampling is faster than its uint8 one; the classifiers themselves are 1x1
+    convolutions at 1/16 and 1/8 resolution.
     ``fold_muls`` folds multiplications by a constant into the scale of
     the DequantizeLinear before them (see :func:`segkit.export.int8_friendly.fold_scalar_muls`);
     ``fold_se`` folds squeeze-and-excitation gates into the next convolution's weights, which only a
