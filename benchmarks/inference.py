@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)  # the exported files and the generated sample
     print(json.dumps(result))
     return 0
 
