@@ -205,6 +205,53 @@ def test_batch_1_export_folds_the_se_gates_and_predicts_batches(
     assert "batch=0 must be a positive whole number" in capsys.readouterr().err
 
 
+def test_fold_se_gates_scales_the_weights_and_checks_the_gate_range() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segkit.export.int8_friendly import fold_se_gates
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, 8, 5, 6), dtype=np.uint8)
+    gate = rng.integers(0, 256, (1, 8, 1, 1), dtype=np.uint8)
+    weight = rng.integers(-127, 128, (4, 8, 1, 1), dtype=np.int8)
+
+    def model(gate_scale: float) -> onnx.ModelProto:
+        a = lambda v, n: numpy_helper.from_array(np.asarray(v), n)  # noqa: E731
+        nodes = [
+            helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
+            helper.make_node("DequantizeLinear", ["g", "gs", "gz"], ["gf"]),
+            helper.make_node("Mul", ["xf", "gf"], ["m"]),
+            helper.make_node("QuantizeLinear", ["m", "xs", "xz"], ["mq"]),
+            helper.make_node("DequantizeLinear", ["mq", "xs", "xz"], ["mf"]),
+            helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"], axis=0),
+            helper.make_node("Conv", ["mf", "wf"], ["y"], name="project", kernel_shape=[1, 1]),
+        ]
+        inits = [
+            a(x, "x"), a(gate, "g"), a(weight, "w"), a(np.float32(0.05), "xs"), a(np.uint8(0), "xz"),
+            a(np.float32(gate_scale), "gs"), a(np.uint8(0), "gz"), a(np.full(4, 0.01, np.float32), "ws"),
+        ]  # fmt: skip
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])
+        graph = helper.make_graph(nodes, "g", [], [out], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {})[0]  # noqa: E731
+    unit = model(1 / 255)  # the gate's int8 range is [0, 1]
+    want = run(unit)
+    assert fold_se_gates(unit) == 1
+    project = next(n for n in unit.graph.node if n.name == "project")
+    assert project.input[0] == "xf", "the convolution reads the ungated map"
+    assert not any(n.op_type == "Mul" and "xf" in n.input for n in unit.graph.node)
+    got = run(unit)
+    # exactly the convolution of the ungated map with the gated weights re-quantized to int8 ...
+    gated = np.round(0.01 * weight[:, :, 0, 0] * (gate[0, :, 0, 0] / 255) / 0.01) * 0.01
+    np.testing.assert_allclose(got, np.einsum("oc,nchw->nohw", gated, 0.05 * x), rtol=0, atol=1e-4)
+    # ... which differs from the original only by rounding (half a step of the map and of each weight)
+    bound = 0.5 * 0.01 * (0.05 * x).sum(axis=1, keepdims=True) + 0.5 * 0.05 * 8 * 1.27
+    assert np.all(np.abs(got - want) <= bound)
+    assert fold_se_gates(model(2 / 255)) == 0, "a gate reaching 2 could overflow the int8 weights"
+
+
 def test_fold_scalar_muls_is_exact_on_a_qdq_graph() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

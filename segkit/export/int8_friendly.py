@@ -150,14 +150,9 @@ def static_resize_scales(model: Any) -> int:
     way). Changes ``model`` (an ``onnx.ModelProto``) in place, drops the nodes left unused and returns
     how many Resize nodes changed.
     """
-    import onnx
     from onnx import numpy_helper
 
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    dims: dict[str, list[int | None]] = {}
-    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        shape = v.type.tensor_type.shape
-        dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+    dims = inferred_dims(model, data_prop=True)
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     changed = 0
@@ -258,6 +253,17 @@ def space_to_depth_stem(model: Any) -> int:
     if changed:
         drop_unused_nodes(model)
     return changed
+
+
+def inferred_dims(model: Any, data_prop: bool = False) -> dict[str, list[int | None]]:
+    """Every tensor's shape as ONNX shape inference sees it (None for a symbolic or unknown size)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
 
 
 def graph_links(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
@@ -413,20 +419,17 @@ def fold_se_gates(model: Any) -> int:
     ``C_out x C`` weight matrix, re-quantized with the weights' own per-channel scales (the gate lies in
     [0, 1], so it cannot overflow them), and onnxruntime still fuses the convolution into QLinearConv.
     Same function up to int8 rounding. Needs a batch of 1: one gate per image cannot scale one set of
-    weights, which is why only a graph whose gate tensors are statically ``1 x C x 1 x 1`` qualifies.
+    weights, which is why only a graph whose gate tensors are statically ``1 x C x 1 x 1`` qualifies,
+    and a gate whose quantized range lies within [0, 1] (a hard-sigmoid or sigmoid output).
     Changes ``model`` (a quantized ``onnx.ModelProto``) in place and returns how many gates were folded.
     """
-    import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {i.name for i in graph.initializer}
+    values = {i.name: i for i in graph.initializer}
     producer, consumers = graph_links(graph)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    dims = {
-        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    }
+    dims = inferred_dims(model)
 
     def dq_of(name: str) -> Any:
         node = producer.get(name)
@@ -435,6 +438,18 @@ def fold_se_gates(model: Any) -> int:
     def only_user(name: str, op_type: str) -> Any:
         users = consumers.get(name, [])
         return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    def within_unit_range(dq: Any) -> bool:
+        """True when every value the (per-tensor) DequantizeLinear ``dq`` can produce lies in [0, 1]."""
+        if len(dq.input) < 3 or not {dq.input[1], dq.input[2]} <= inits:
+            return False
+        scale = numpy_helper.to_array(values[dq.input[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(values[dq.input[2]])
+        if scale.size != 1:
+            return False
+        info = np.iinfo(zero.dtype)
+        low, high = (float(scale) * (q - int(zero)) for q in (info.min, info.max))
+        return low >= -1e-6 and high <= 1.0 + 1e-3
 
     folded = 0
     for mul in [n for n in graph.node if n.op_type == "Mul" and len(n.input) == 2]:
@@ -449,6 +464,8 @@ def fold_se_gates(model: Any) -> int:
         ):
             continue  # not one 1 x C x 1 x 1 gate scaling a C-channel map
         gate, activation = mul.input[gates[0]], mul.input[1 - gates[0]]
+        if not within_unit_range(dq_of(gate)):
+            continue  # a gate above 1 could push the re-quantized weights past their int8 range
         q = only_user(mul.output[0], "QuantizeLinear")
         dq = q and only_user(q.output[0], "DequantizeLinear")
         conv = dq and only_user(dq.output[0], "Conv")
@@ -462,14 +479,19 @@ def fold_se_gates(model: Any) -> int:
             continue
         axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
         base = conv.name or conv.output[0]
-        names = [f"{base}_gated_{k}" for k in ("weight", "weight_q", "weight_dq")]
+        names = [f"{base}_gated_{k}" for k in ("weight", "weight_q", "weight_dq", "zero_point")]
+        scale_zero = list(w_dq.input[1:3])
+        if len(scale_zero) < 2 or not scale_zero[1]:
+            # QuantizeLinear without a zero point writes uint8; the weights' type needs an explicit one
+            weight = numpy_helper.to_array(values[w_dq.input[0]])
+            shape = tuple(values[scale_zero[0]].dims)
+            graph.initializer.append(numpy_helper.from_array(np.zeros(shape, weight.dtype), names[3]))
+            scale_zero = [scale_zero[0], names[3]]
         new = [
             helper.make_node("Mul", [w_dq.output[0], gate], [names[0]], name=names[0]),
+            helper.make_node("QuantizeLinear", [names[0], *scale_zero], [names[1]], name=names[1], axis=axis),
             helper.make_node(
-                "QuantizeLinear", [names[0], *w_dq.input[1:]], [names[1]], name=names[1], axis=axis
-            ),
-            helper.make_node(
-                "DequantizeLinear", [names[1], *w_dq.input[1:]], [names[2]], name=names[2], axis=axis
+                "DequantizeLinear", [names[1], *scale_zero], [names[2]], name=names[2], axis=axis
             ),
         ]
         conv.input[0], conv.input[1] = activation, names[2]

@@ -164,20 +164,15 @@ def upsample_by_phases(model: Any) -> int:
     in one parallel pass. Changes ``model`` (an ``onnx.ModelProto``) in place and returns how many
     Resize nodes were rewritten.
     """
-    import onnx
     from onnx import helper
 
-    from segkit.export.int8_friendly import drop_unused_nodes, graph_links
+    from segkit.export.int8_friendly import drop_unused_nodes, graph_links, inferred_dims
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
     _, consumers = graph_links(graph)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    dims = {
-        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    }
+    dims = inferred_dims(model)
     rewritten = 0
     for resize in [n for n in graph.node if _is_bilinear(n)]:
         if _attr(resize, "coordinate_transformation_mode", "half_pixel") not in HALF_PIXEL_MODES:
