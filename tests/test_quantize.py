@@ -252,6 +252,65 @@ def test_fold_se_gates_scales_the_weights_and_checks_the_gate_range() -> None:
     assert fold_se_gates(model(2 / 255)) == 0, "a gate reaching 2 could overflow the int8 weights"
 
 
+@pytest.mark.parametrize("argmax", [False, True])
+def test_head_nodes_are_the_final_upsampling_and_the_classifiers_before_it(argmax: bool) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segkit.export.quantize import head_node_names
+    from segkit.export.upsampling import upsample_by_phases
+
+    def conv(name: str, x: str) -> onnx.NodeProto:
+        return helper.make_node("Conv", [x, f"{name}_w"], [name], name=name, kernel_shape=[1, 1])
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["features"], name="features"),
+        conv("low_classifier", "features"),
+        conv("high_classifier", "features"),
+        helper.make_node("Add", ["low_classifier", "high_classifier"], ["sum"], name="sum"),
+        helper.make_node(
+            "Resize", ["sum", "", "scales"], ["up" if argmax else "y"], name="final", mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+    ]  # fmt: skip
+    if argmax:
+        nodes += [
+            helper.make_node("ArgMax", ["up"], ["index"], name="argmax", axis=1, keepdims=0),
+            helper.make_node("Cast", ["index"], ["y"], name="to_uint8", to=TensorProto.UINT8),
+        ]
+    inits = [
+        numpy_helper.from_array(np.ones((3, 4, 1, 1), np.float32), f"{n}_w")
+        for n in ("low_classifier", "high_classifier")
+    ]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "scales"))
+    out_type = TensorProto.UINT8 if argmax else TensorProto.FLOAT
+    out_shape = [1, 8, 8] if argmax else [1, 3, 8, 8]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", out_type, out_shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mask = ["argmax", "to_uint8"] if argmax else []
+    want = {"low_classifier", "high_classifier", "sum", "final", *mask}
+    assert set(head_node_names(model.graph)) == want
+    assert set(head_node_names(model.graph, head=False)) == {"final", *mask}
+    assert upsample_by_phases(model) == 1
+    rewritten = set(head_node_names(model.graph))
+    assert rewritten >= {"low_classifier", "high_classifier", "sum", *mask} and "features" not in rewritten
+    assert {n.op_type for n in model.graph.node if n.name in rewritten} >= {"Gather", "MatMul", "Reshape"}
+    # a network that writes its output at full size itself has no head to keep in fp32
+    plain = helper.make_graph(
+        [conv("classifier", "x")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("classifier", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [numpy_helper.from_array(np.ones((3, 4, 1, 1), np.float32), "classifier_w")],
+    )
+    assert head_node_names(plain) == []
+
+
 def test_fold_scalar_muls_is_exact_on_a_qdq_graph() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

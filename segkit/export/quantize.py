@@ -191,10 +191,11 @@ def _working_directory(path: str | os.PathLike) -> Iterator[None]:
 def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
     """Names of the nodes of the graph at ``path`` that only compute the final upsampled logits.
 
-    The final upsampling writing a graph output (a Resize, or the Gather/MatMul/Reshape/Clip chain of
-    :func:`~segkit.export.upsampling.upsample_by_phases`) and, with ``head``, the Conv/Add/Resize nodes
-    before it whose results feed nothing else (LR-ASPP's two classifiers, the upsampling of the
-    high-level one, and their sum; a single classifier Conv elsewhere).
+    The final upsampling before a graph output (a Resize, or the Gather/MatMul/Reshape/Clip chain of
+    :func:`~segkit.export.upsampling.upsample_by_phases`), with the ArgMax/Cast after it in an
+    ``argmax=true`` export, and, with ``head``, the Conv/Add/Resize nodes before it whose results feed
+    nothing else (LR-ASPP's two classifiers, the upsampling of the high-level one, and their sum; a
+    single classifier Conv elsewhere). Empty for a graph without a final upsampling.
     """
     import onnx
 
@@ -203,6 +204,8 @@ def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
 
 #: operators of the final upsampling (a Resize, or upsample_by_phases' rewrite of it)
 UPSAMPLING_OPS = ("Resize", "Gather", "MatMul", "Reshape", "Clip")
+#: operators between the final upsampling and the graph output of an ``argmax=true`` export
+MASK_OPS = ("ArgMax", "Cast")
 
 
 def head_node_names(graph: Any, head: bool = True) -> list[str]:
@@ -211,20 +214,34 @@ def head_node_names(graph: Any, head: bool = True) -> list[str]:
 
     outputs = {o.name for o in graph.output}
     producer, consumers = graph_links(graph)
-    found = [n for n in graph.node if n.op_type in ("Resize", "Clip") and any(o in outputs for o in n.output)]
-    names = {n.name for n in found}
-    todo = [i for n in found for i in n.input if i in producer]
-    allowed = UPSAMPLING_OPS + (("Conv", "Add") if head else ())
-    while todo:
-        node = producer.get(todo.pop())
-        if node is None or node.op_type not in allowed or node.name in names:
-            continue
-        if not all(c.name in names for o in node.output for c in consumers.get(o, [])):
-            continue
-        if not head and node.op_type == "Resize":
-            continue  # without the head, only the last upsampling
-        names.add(node.name)
-        todo.extend(i for i in node.input if i in producer)
+    names: set[str] = set()
+
+    def walk(start: list[str], ops: tuple[str, ...], past_resize: bool) -> list[str]:
+        """Name the producers of ``start`` (and theirs) of a type in ``ops`` whose results only reach
+        named nodes or graph outputs; returns the tensors where the walk stopped."""
+        todo, stopped = list(start), []
+        while todo:
+            tensor = todo.pop()
+            node = producer.get(tensor)
+            if node is None or node.name in names:
+                continue
+            users = [c for o in node.output if o not in outputs for c in consumers.get(o, [])]
+            if node.op_type not in ops or any(c.name not in names for c in users):
+                stopped.append(tensor)
+                continue
+            names.add(node.name)
+            inputs = [i for i in node.input if i in producer]
+            if node.op_type == "Resize" and not past_resize:
+                stopped.extend(inputs[:1])  # the final upsampling starts here
+                continue
+            todo.extend(inputs)
+        return stopped
+
+    stopped = walk([o.name for o in graph.output], MASK_OPS + UPSAMPLING_OPS, past_resize=False)
+    if not any(n.name in names and n.op_type in ("Resize", "MatMul") for n in graph.node):
+        return []  # no final upsampling (the network writes its output at full size itself)
+    if head:
+        walk(stopped, ("Conv", "Add", "Resize"), past_resize=True)
     return [n.name for n in graph.node if n.name in names]
 
 
@@ -268,7 +285,9 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def _fp32_reason(node: Any, head: set[str], known: set[str]) -> str:
     """Why :func:`fp32_operators` found ``node`` computing in fp32."""
-    if node.name in head:
+    if node.op_type == "ArgMax":
+        return "argmax output (indices), computed on the fp32 logits"
+    if node.name in head and node.op_type != "Cast":
         return (
             "final upsampling to the input size or the classifier before it, left fp32 on purpose "
             "(quantize_int8's fp32_head): faster than int8 there, see its docstring"
@@ -280,6 +299,4 @@ def _fp32_reason(node: Any, head: set[str], known: set[str]) -> str:
             "no int8 kernel in onnxruntime (its quantizer has no rule for this operator): runs in fp32, "
             "with DequantizeLinear before and QuantizeLinear after it"
         )
-    if node.op_type == "ArgMax":
-        return "argmax output (indices), computed on dequantized logits"
     return "not selected for quantization (op_types_to_quantize) or its input is not a float activation"
