@@ -203,7 +203,7 @@ def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
 
 
 #: operators of the final upsampling (a Resize, or upsample_by_phases' rewrite of it)
-UPSAMPLING_OPS = ("Resize", "Gather", "MatMul", "Reshape", "Clip")
+UPSAMPLING_OPS = ("Resize", "Transpose", "Gather", "MatMul", "Reshape", "Clip")
 #: operators between the final upsampling and the graph output of an ``argmax=true`` export
 MASK_OPS = ("ArgMax", "Cast")
 

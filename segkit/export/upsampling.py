@@ -123,9 +123,11 @@ def _neighbours(length: int) -> np.ndarray:
     return np.clip(np.arange(length)[:, None] + np.arange(-1, 2)[None, :], 0, length - 1).astype(np.int64)
 
 
-def _phase_upsampling(source: str, base: str, shape: list[int], s_h: int, s_w: int) -> tuple[list, list]:
+def _phase_upsampling(
+    source: str, base: str, shape: list[int], s_h: int, s_w: int, channels_last: bool = False
+) -> tuple[list, list]:
     """Nodes and initializers upsampling ``source`` (``N x C x h x w``) by ``s_h, s_w``; the last node's
-    output is named ``{base}_up``."""
+    output, named ``{base}_up``, is ``N x C x H x W``, or ``N x H x W x C`` with ``channels_last``."""
     from onnx import helper, numpy_helper
 
     _, channels, height, width = shape
@@ -141,14 +143,30 @@ def _phase_upsampling(source: str, base: str, shape: list[int], s_h: int, s_w: i
         return nodes[-1].output[0]
 
     x = source
-    if s_w > 1:  # N C h w -> N C h w 3 (neighbours) -> N C h w s_w (phases) -> N C h (w s_w)
-        x = add("Gather", [x, const("w_index", _neighbours(width))], "w_neighbours", axis=3)
-        x = add("MatMul", [x, const("w_weights", phase_weights(s_w).T.copy())], "w_phases")
-        x = add("Reshape", [x, const("w_shape", np.array([0, channels, height, width * s_w]))], "w_up")
-    if s_h > 1:  # N C h W -> N C h 3 W -> N C h s_h W -> N C (h s_h) W
-        x = add("Gather", [x, const("h_index", _neighbours(height))], "h_neighbours", axis=2)
-        x = add("MatMul", [const("h_weights", phase_weights(s_h)), x], "h_phases")
-        add("Reshape", [x, const("h_shape", np.array([0, channels, height * s_h, width * s_w]))], "h_up")
+    if not channels_last:
+        if s_w > 1:  # N C h w -> N C h w 3 (neighbours) -> N C h w s_w (phases) -> N C h (w s_w)
+            x = add("Gather", [x, const("w_index", _neighbours(width))], "w_neighbours", axis=3)
+            x = add("MatMul", [x, const("w_weights", phase_weights(s_w).T.copy())], "w_phases")
+            x = add("Reshape", [x, const("w_shape", np.array([0, channels, height, width * s_w]))], "w_up")
+        if s_h > 1:  # N C h W -> N C h 3 W -> N C h s_h W -> N C (h s_h) W
+            x = add("Gather", [x, const("h_index", _neighbours(height))], "h_neighbours", axis=2)
+            x = add("MatMul", [const("h_weights", phase_weights(s_h)), x], "h_phases")
+            add("Reshape", [x, const("h_shape", np.array([0, channels, height * s_h, width * s_w]))], "h_up")
+    else:  # the same passes on N h w C: each neighbour is a run of C values
+        x = add("Transpose", [x], "channels_last", perm=[0, 2, 3, 1])
+        if s_w > 1:  # N h w C -> N h w 3 C -> N h w s_w C -> N h (w s_w) C
+            x = add("Gather", [x, const("w_index", _neighbours(width))], "w_neighbours", axis=2)
+            x = add("MatMul", [const("w_weights", phase_weights(s_w)), x], "w_phases")
+            x = add("Reshape", [x, const("w_shape", np.array([0, height, width * s_w, channels]))], "w_up")
+        if s_h > 1:  # N h W C -> N h 3 (W C) -> N h s_h (W C) -> N (h s_h) W C
+            x = add("Gather", [x, const("h_index", _neighbours(height))], "h_neighbours", axis=1)
+            x = add(
+                "Reshape",
+                [x, const("h_rows_shape", np.array([0, height, 3, width * s_w * channels]))],
+                "h_rows",
+            )
+            x = add("MatMul", [const("h_weights", phase_weights(s_h)), x], "h_phases")
+            add("Reshape", [x, const("h_shape", np.array([0, height * s_h, width * s_w, channels]))], "h_up")
     nodes[-1].output[0] = nodes[-1].name = f"{base}_up"
     return nodes, inits
 
@@ -161,8 +179,10 @@ def upsample_by_phases(model: Any) -> int:
     height and width (the batch may stay free). The width pass runs first, on the small input. A graph
     output written straight by a Reshape would be a copy on one thread (onnxruntime never lets a graph
     output alias an intermediate buffer), so a bound-less ``Clip`` writes it instead: the same values,
-    in one parallel pass. Changes ``model`` (an ``onnx.ModelProto``) in place and returns how many
-    Resize nodes were rewritten.
+    in one parallel pass. Before a channel ArgMax (``argmax=true`` exports) the passes run on the
+    channels-last layout instead and the ArgMax reduces the last axis, a contiguous run of C values:
+    onnxruntime's ArgMax over the channel axis of N x C x H x W takes more than twice as long. Changes
+    ``model`` (an ``onnx.ModelProto``) in place and returns how many Resize nodes were rewritten.
     """
     from onnx import helper
 
@@ -189,11 +209,24 @@ def upsample_by_phases(model: Any) -> int:
         if list(scales[:2]) != [1.0, 1.0] or min(s_h, s_w) < 1 or s_h % 1 or s_w % 1 or s_h * s_w == 1:
             continue
         base = resize.name or resize.output[0]
-        nodes, new_inits = _phase_upsampling(resize.input[0], base, shape, int(s_h), int(s_w))
+        channel_argmax = not is_output and all(
+            _attr(u, "axis", 0) in (1, -3) and _attr(u, "keepdims", 1) == 0 for u in users
+        )
+        nodes, new_inits = _phase_upsampling(
+            resize.input[0], base, shape, int(s_h), int(s_w), channels_last=channel_argmax
+        )
         if is_output:
             nodes.append(
                 helper.make_node("Clip", [nodes[-1].output[0]], list(resize.output), name=f"{base}_write")
             )
+        elif channel_argmax:
+            for argmax in users:  # the same indices, read along the now last axis
+                kept = [a for a in argmax.attribute if a.name not in ("axis", "keepdims")]
+                del argmax.attribute[:]
+                argmax.attribute.extend(
+                    [*kept, helper.make_attribute("axis", 3), helper.make_attribute("keepdims", 0)]
+                )
+                argmax.input[0] = nodes[-1].output[0]
         else:
             nodes[-1].output[0] = resize.output[0]
         graph.initializer.extend(new_inits)
