@@ -9,14 +9,15 @@ fixed-size, batch-1 builds, as ``python -m segkit.export ... batch=1`` writes th
 Rows: torchvision's ``lraspp_mobilenet_v3_large`` eager; segkit's model of the same architecture
 (``from_torchvision_lraspp``) eager, as ONNX fp32 and as int8 (QDQ, per-channel, calibrated on a
 generated sample, quantized from the int8-friendly graph as the export command does); then the paper
-configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling) as ONNX fp32 and int8. At the
-first size, int8 variants of the torchvision-architecture model show what the quantization options
-change. Each row gives ms/frame (median), the ratio to the reference
-row, the file size, MAdds and the distance from the compute floor (2 x MAdds / peak fp32 FLOP/s, the
-peak measured as a large fp32 matmul on the same threads). The table's cases run round-robin (each
-starts with caches another case filled); the ONNX fp32/int8 pair of the torchvision architecture is
-timed back to back as well (blocks of consecutive runs, as a device running one model sees it), and the
-int8 target counts as met only when it is met both ways. Prints a table and, last, one JSON line.
+configs ``lraspp_mobilenetv3_large``/``_small`` (RF2, paper pooling) as ONNX fp32 and int8. At the first
+size, int8 variants of the torchvision-architecture model show what the quantization options change, and
+a pair of rows exports it with ``argmax=true`` (uint8 mask output, the argmax in the graph). Each row
+gives ms/frame (median), the ratio to the reference row, the file size, MAdds and the distance from the
+compute floor (2 x MAdds / peak fp32 FLOP/s, the peak measured as a large fp32 matmul on the same
+threads). The table's cases run round-robin (each starts with caches another case filled); the ONNX
+fp32/int8 pair of the torchvision architecture is timed back to back as well (blocks of consecutive runs,
+as a device running one model sees it), and the int8 target counts as met only when it is met both ways.
+Prints a table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -130,12 +131,12 @@ def op_profile(path: Path, threads: int, feed: np.ndarray, runs: int = 3) -> dic
     return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
 
-def metadata(name: str, size: tuple[int, int]) -> dict:
+def metadata(name: str, size: tuple[int, int], argmax: bool = False) -> dict:
     from segkit import labels
 
     return build_metadata(
         model_name=name, class_names=labels.CLASS_NAMES, palette=labels.PALETTE, mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, input_size=size, dynamic=False, preprocess=False, argmax=False, batch=1,
+        std=IMAGENET_STD, input_size=size, dynamic=False, preprocess=False, argmax=argmax, batch=1,
     )  # fmt: skip
 
 
@@ -162,22 +163,22 @@ class Bench:
         sess = ort_session(path, self.threads)
         return self.case(size, model, runtime, lambda: sess.run(None, {"image": feed}), path=path, **kw)
 
-    def onnx_pair(self, name, model, size, feed, batches, *, madds, ref=None) -> tuple[Path, dict]:
-        """Export ``model`` at ``size`` and quantize it; registers both; returns the fp32 path and case."""
+    def onnx_pair(
+        self, name, model, size, feed, batches, *, madds, ref=None, argmax=False
+    ) -> tuple[Path, dict]:
+        """Export ``model`` at ``size`` and quantize it; registers both; returns the fp32 path and case.
+
+        ``argmax``: the files output the uint8 mask (``argmax=true`` exports) instead of the logits.
+        """
         stem = self.tmp / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}_{size[0]}x{size[1]}"
-        wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
+        wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD, argmax=argmax)
+        meta = metadata(name, size, argmax)
         # batch=1, as a device build (``python -m segkit.export ... batch=1``): both files take one image
-        fp32 = export_onnx(
-            wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=metadata(name, size), batch=1
-        )
+        fp32 = export_onnx(wrapper, stem.with_suffix(".onnx"), input_size=size, metadata=meta, batch=1)
         f_case = self.ort_case(size, name, "onnxruntime fp32", fp32, feed, madds=madds, ref=ref)
         # as the export command does: quantize the int8-friendly form of the same network
         source = export_quantization_source(
-            wrapper,
-            stem.with_suffix(".int8src.onnx"),
-            input_size=size,
-            metadata=metadata(name, size),
-            batch=1,
+            wrapper, stem.with_suffix(".int8src.onnx"), input_size=size, metadata=meta, batch=1
         )
         int8 = quantize_int8(source, stem.with_suffix(".int8.onnx"), batches)
         self.ort_case(size, name, "onnxruntime int8", int8, feed, madds=madds, ref=f_case,
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 metadata=metadata(TV_ARCH, size), batch=1, final_upsampling=False,
             )  # fmt: skip
             sources = {"friendly": friendly, "plain": plain, "unpadded": unpadded}
+            bench.onnx_pair(f"{TV_ARCH}, mask output", same, size, feed, batches, madds=madds_tv, argmax=True)
             for label, (source, kw) in VARIANTS.items():
                 src = sources[source]
                 path = quantize_int8(src, tmp / f"variant_{len(bench.cases)}.onnx", batches, **kw)
