@@ -311,6 +311,21 @@ def test_head_nodes_are_the_final_upsampling_and_the_classifiers_before_it(argma
     assert head_node_names(plain) == []
 
 
+def test_calibration_batches_follow_a_fixed_batch_size() -> None:
+    from segkit.export.quantize import CalibrationReader
+
+    images = [np.full((1, 3, 2, 2), i, np.float32) for i in range(5)]
+    free = CalibrationReader("image", images)
+    assert [free.get_next()["image"].shape[0] for _ in range(5)] == [1] * 5 and free.get_next() is None
+    fixed = CalibrationReader("image", images, fixed_batch=2)
+    got = [fixed.get_next()["image"] for _ in range(3)]
+    assert fixed.get_next() is None
+    # images 0-4 in batches of two, the last batch filled up with a copy of image 4
+    assert [b[:, 0, 0, 0].tolist() for b in got] == [[0, 1], [2, 3], [4, 4]]
+    fixed.rewind()
+    assert fixed.get_next()["image"][:, 0, 0, 0].tolist() == [0, 1]
+
+
 def test_fold_scalar_muls_is_exact_on_a_qdq_graph() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

@@ -322,6 +322,8 @@ def _mobile(
         raise ValueError(f"mobile={kind!r} is not one of {sorted(MOBILE_FORMATS)}")
     path = output.with_suffix(MOBILE_FORMATS[kind])
     log(f"exporting {kind} to {path}")
+    # the batch these files take: ExecuTorch programs are traced for one image, TorchScript takes any
+    meta = {**meta, "batch": 1 if kind == "executorch" else None}
     if kind == "executorch":
         export_executorch(wrapper, path, input_size=size, metadata=meta)
         run = ExecuTorchBackend(path).run

@@ -40,11 +40,22 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 class CalibrationReader:
-    """Feeds prepared batches to onnxruntime's calibrator (a ``CalibrationDataReader``)."""
+    """Feeds prepared batches to onnxruntime's calibrator (a ``CalibrationDataReader``).
 
-    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
+    ``fixed_batch``: the graph's fixed batch size (an export with ``batch=N``); the images are then
+    regrouped into batches of that size, the last one filled up with copies of its last image.
+    """
+
+    def __init__(
+        self, input_name: str, batches: Iterable[np.ndarray], fixed_batch: int | None = None
+    ) -> None:
         self.input_name = input_name
         self.batches = list(batches)
+        if fixed_batch and self.batches:
+            images = np.concatenate(self.batches)
+            fill = -len(images) % fixed_batch
+            images = np.concatenate([images, np.repeat(images[-1:], fill, axis=0)])
+            self.batches = list(np.split(images, len(images) // fixed_batch))
         self._pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -57,13 +68,13 @@ class CalibrationReader:
         self._pos = 0
 
 
-def _as_reader(input_name: str, batches: Iterable[np.ndarray]) -> Any:
+def _as_reader(input_name: str, batches: Iterable[np.ndarray], fixed_batch: int | None = None) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationReader, CalibrationDataReader):
         pass
 
-    return _Reader(input_name, batches)
+    return _Reader(input_name, batches, fixed_batch)
 
 
 def quantize_int8(
@@ -126,7 +137,10 @@ def quantize_int8(
     if not calibration_batches:
         raise ValueError("int8 quantization needs at least one calibration image")
     fp32_path, output = Path(fp32_path), Path(output)
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    graph_input = onnx.load(str(fp32_path), load_external_data=False).graph.input[0]
+    input_name = graph_input.name
+    batch_dim = graph_input.type.tensor_type.shape.dim[0]
+    fixed_batch = batch_dim.dim_value if batch_dim.HasField("dim_value") else None
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # auto_merge: constant Resize scales give the batch axis the symbolic size floor(1.0*batch)
@@ -149,7 +163,7 @@ def quantize_int8(
             quantize_static(
                 str(prepared),
                 str(raw),
-                _as_reader(input_name, calibration_batches),
+                _as_reader(input_name, calibration_batches, fixed_batch),
                 quant_format=formats[quant_format],
                 op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
                 per_channel=per_channel,
