@@ -196,12 +196,6 @@ def space_to_depth_stem(model: Any) -> int:
         dims = v.type.tensor_type.shape.dim
         inputs[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
-    def attr(node: Any, name: str, default: Any) -> Any:
-        found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
-        if not found:
-            return default
-        return found[0].decode() if isinstance(found[0], bytes) else found[0]
-
     changed = 0
     for node in list(graph.node):
         if node.op_type != "Conv" or node.input[0] not in inputs or len(node.input) < 2:
@@ -209,14 +203,14 @@ def space_to_depth_stem(model: Any) -> int:
         shape = inputs[node.input[0]]
         if len(shape) != 4 or None in shape[1:] or shape[2] % 2 or shape[3] % 2 or shape[1] > 4:
             continue
-        if node.input[1] not in inits or attr(node, "auto_pad", "NOTSET") != "NOTSET":
+        if node.input[1] not in inits or node_attr(node, "auto_pad", "NOTSET") != "NOTSET":
             continue
         if (
-            list(attr(node, "kernel_shape", [3, 3])) != [3, 3]
-            or list(attr(node, "strides", [1, 1])) != [2, 2]
-            or list(attr(node, "pads", [0, 0, 0, 0])) != [1, 1, 1, 1]
-            or list(attr(node, "dilations", [1, 1])) != [1, 1]
-            or attr(node, "group", 1) != 1
+            list(node_attr(node, "kernel_shape", [3, 3])) != [3, 3]
+            or list(node_attr(node, "strides", [1, 1])) != [2, 2]
+            or list(node_attr(node, "pads", [0, 0, 0, 0])) != [1, 1, 1, 1]
+            or list(node_attr(node, "dilations", [1, 1])) != [1, 1]
+            or node_attr(node, "group", 1) != 1
         ):
             continue
         w = numpy_helper.to_array(inits[node.input[1]])
@@ -266,6 +260,30 @@ def inferred_dims(model: Any, data_prop: bool = False) -> dict[str, list[int | N
     }
 
 
+def node_attr(node: Any, name: str, default: Any) -> Any:
+    """Attribute ``name`` of an ONNX node (strings decoded), or ``default`` when it is not set."""
+    from onnx import helper
+
+    found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
+    if not found:
+        return default
+    return found[0].decode() if isinstance(found[0], bytes) else found[0]
+
+
+def run_before(nodes: list[Any], first: Any, second: Any, name: str) -> None:
+    """Turn ``first -> second`` (``second`` reads ``first``'s output) into ``second -> first``.
+
+    ``second`` then reads ``first``'s input and writes a tensor called ``name``, which ``first`` reads
+    to write what ``second`` wrote; ``second`` moves in front of ``first`` in ``nodes`` (graph order).
+    Only for pairs whose swap computes the same function (see the callers).
+    """
+    source, target = first.input[0], second.output[0]
+    second.input[0], second.output[0] = source, name
+    first.input[0], first.output[0] = name, target
+    nodes.remove(second)
+    nodes.insert(nodes.index(first), second)
+
+
 def graph_links(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """``(producer, consumers)`` of an ``onnx.GraphProto``: the node writing each tensor name, and the
     nodes reading it (in graph order). The index every graph rewrite here walks."""
@@ -298,11 +316,7 @@ def quantize_before_space_to_depth(model: Any) -> int:
         q = users[0]
         if q.input[1] not in inits or int(np.prod(inits[q.input[1]].dims)) != 1:
             continue  # per-axis quantization would follow the channels SpaceToDepth creates
-        source, quantized = s2d.input[0], q.output[0]
-        q.input[0], q.output[0] = source, f"{s2d.name or s2d.output[0]}_quantized_input"
-        s2d.input[0], s2d.output[0] = q.output[0], quantized
-        nodes.remove(q)
-        nodes.insert(nodes.index(s2d), q)
+        run_before(nodes, s2d, q, f"{s2d.name or s2d.output[0]}_quantized_input")
         swapped += 1
     if swapped:
         del graph.node[:]
@@ -474,10 +488,9 @@ def fold_se_gates(model: Any) -> int:
         w_dq = dq_of(conv.input[1])
         if w_dq is None or w_dq.input[0] not in inits or len(w_dq.input) < 2:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        if attrs.get("group", 1) != 1 or list(attrs.get("kernel_shape", [1, 1])) != [1, 1]:
+        if node_attr(conv, "group", 1) != 1 or list(node_attr(conv, "kernel_shape", [1, 1])) != [1, 1]:
             continue
-        axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
+        axis = node_attr(w_dq, "axis", 1)
         base = conv.name or conv.output[0]
         names = [f"{base}_gated_{k}" for k in ("weight", "weight_q", "weight_dq", "zero_point")]
         scale_zero = list(w_dq.input[1:3])

@@ -21,17 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from segkit.export.int8_friendly import drop_unused_nodes, graph_links, inferred_dims, node_attr, run_before
+
 #: Resize coordinate modes whose sampling positions are ``(out + 0.5) / scale - 0.5``, clamped at the edges
 HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel")
-
-
-def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
-    if not found:
-        return default
-    return found[0].decode() if isinstance(found[0], bytes) else found[0]
 
 
 def _constant_scales(node: Any, inits: dict[str, Any]) -> np.ndarray | None:
@@ -46,9 +39,9 @@ def _constant_scales(node: Any, inits: dict[str, Any]) -> np.ndarray | None:
 def _is_bilinear(node: Any) -> bool:
     return (
         node.op_type == "Resize"
-        and _attr(node, "mode", "nearest") == "linear"
-        and _attr(node, "antialias", 0) == 0
-        and _attr(node, "coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
+        and node_attr(node, "mode", "nearest") == "linear"
+        and node_attr(node, "antialias", 0) == 0
+        and node_attr(node, "coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
     )
 
 
@@ -60,8 +53,6 @@ def classify_before_upsampling(model: Any) -> int:
     ``onnx.ModelProto``) in place and returns how many pairs were swapped.
     """
     from onnx import numpy_helper
-
-    from segkit.export.int8_friendly import graph_links
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -81,18 +72,13 @@ def classify_before_upsampling(model: Any) -> int:
             weight.ndim != 4
             or weight.shape[2:] != (1, 1)
             or weight.shape[0] >= weight.shape[1]
-            or _attr(conv, "group", 1) != 1
-            or list(_attr(conv, "strides", [1, 1])) != [1, 1]
-            or any(_attr(conv, "pads", [0, 0, 0, 0]))
-            or _attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+            or node_attr(conv, "group", 1) != 1
+            or list(node_attr(conv, "strides", [1, 1])) != [1, 1]
+            or any(node_attr(conv, "pads", [0, 0, 0, 0]))
+            or node_attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")
         ):
             continue
-        source, target = resize.input[0], conv.output[0]
-        conv.input[0] = source
-        conv.output[0] = f"{conv.name or target}_before_upsampling"
-        resize.input[0], resize.output[0] = conv.output[0], target
-        nodes.remove(conv)
-        nodes.insert(nodes.index(resize), conv)
+        run_before(nodes, resize, conv, f"{conv.name or conv.output[0]}_before_upsampling")
         swapped += 1
     if swapped:
         del graph.node[:]
@@ -186,8 +172,6 @@ def upsample_by_phases(model: Any) -> int:
     """
     from onnx import helper
 
-    from segkit.export.int8_friendly import drop_unused_nodes, graph_links, inferred_dims
-
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
@@ -195,7 +179,7 @@ def upsample_by_phases(model: Any) -> int:
     dims = inferred_dims(model)
     rewritten = 0
     for resize in [n for n in graph.node if _is_bilinear(n)]:
-        if _attr(resize, "coordinate_transformation_mode", "half_pixel") not in HALF_PIXEL_MODES:
+        if node_attr(resize, "coordinate_transformation_mode", "half_pixel") not in HALF_PIXEL_MODES:
             continue
         is_output = resize.output[0] in outputs
         users = consumers.get(resize.output[0], [])
@@ -210,7 +194,7 @@ def upsample_by_phases(model: Any) -> int:
             continue
         base = resize.name or resize.output[0]
         channel_argmax = not is_output and all(
-            _attr(u, "axis", 0) in (1, -3) and _attr(u, "keepdims", 1) == 0 for u in users
+            node_attr(u, "axis", 0) in (1, -3) and node_attr(u, "keepdims", 1) == 0 for u in users
         )
         nodes, new_inits = _phase_upsampling(
             resize.input[0], base, shape, int(s_h), int(s_w), channels_last=channel_argmax
