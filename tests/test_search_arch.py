@@ -29,8 +29,12 @@ SMALL_035 = {"encoder_params": {"width_mult": 0.35}}
 @pytest.fixture(scope="module")
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model("lraspp_mobilenetv3_small", **SMALL_035).eval()
-    # non-trivial BatchNorm statistics, so the transplant check covers running_mean/var too
+    return _with_batchnorm_statistics(create_model("lraspp_mobilenetv3_small", **SMALL_035).eval())
+
+
+def _with_batchnorm_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with random non-trivial BatchNorm statistics and affine parameters (in place), so the
+    transplant checks cover running_mean/var too."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -155,15 +159,7 @@ def test_rebuild_save_load_and_export(tiny, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def small_x1() -> torch.nn.Module:
     torch.manual_seed(1)
-    model = create_model("lraspp_mobilenetv3_small").eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model
+    return _with_batchnorm_statistics(create_model("lraspp_mobilenetv3_small").eval())
 
 
 def test_residual_groups_skip_decoder_inputs(small_x1) -> None:
