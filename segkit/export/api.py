@@ -73,7 +73,7 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
     import segkit
     from segkit.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
     from segkit.export.metadata import build_metadata
-    from segkit.export.onnx import ExportWrapper, export_onnx
+    from segkit.export.onnx import ExportWrapper, check_batch, export_onnx
     from segkit.export.verify import check_agreement, compare, load_images
 
     if not cfg.get("checkpoint"):
@@ -90,9 +90,7 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
         raise ValueError(f"input_size={list(size_cfg)} must be [height, width] of at least 32 pixels")
     size = (int(size_cfg[0]), int(size_cfg[1]))
     dynamic, preprocess, argmax = bool(cfg["dynamic"]), bool(cfg["preprocess"]), bool(cfg["argmax"])
-    batch = cfg.get("batch")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch={batch!r} must be a positive whole number of images, or null for any batch")
+    batch = check_batch(cfg.get("batch"))
     pooling = (ckpt["model_config"].get("decoder_params") or {}).get("pooling")
     if dynamic and pooling == "paper":
         raise ValueError(

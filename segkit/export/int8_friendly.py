@@ -440,8 +440,7 @@ def fold_se_gates(model: Any) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    values = {i.name: i for i in graph.initializer}
+    inits = {i.name: i for i in graph.initializer}
     producer, consumers = graph_links(graph)
     dims = inferred_dims(model)
 
@@ -455,10 +454,10 @@ def fold_se_gates(model: Any) -> int:
 
     def within_unit_range(dq: Any) -> bool:
         """True when every value the (per-tensor) DequantizeLinear ``dq`` can produce lies in [0, 1]."""
-        if len(dq.input) < 3 or not {dq.input[1], dq.input[2]} <= inits:
+        if len(dq.input) < 3 or dq.input[1] not in inits or dq.input[2] not in inits:
             return False
-        scale = numpy_helper.to_array(values[dq.input[1]]).astype(np.float64)
-        zero = numpy_helper.to_array(values[dq.input[2]])
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(inits[dq.input[2]])
         if scale.size != 1:
             return False
         info = np.iinfo(zero.dtype)
@@ -496,8 +495,8 @@ def fold_se_gates(model: Any) -> int:
         scale_zero = list(w_dq.input[1:3])
         if len(scale_zero) < 2 or not scale_zero[1]:
             # QuantizeLinear without a zero point writes uint8; the weights' type needs an explicit one
-            weight = numpy_helper.to_array(values[w_dq.input[0]])
-            shape = tuple(values[scale_zero[0]].dims)
+            weight = numpy_helper.to_array(inits[w_dq.input[0]])
+            shape = tuple(inits[scale_zero[0]].dims)
             graph.initializer.append(numpy_helper.from_array(np.zeros(shape, weight.dtype), names[3]))
             scale_zero = [scale_zero[0], names[3]]
         new = [

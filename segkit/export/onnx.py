@@ -61,6 +61,13 @@ class ExportWrapper(nn.Module):
         return out
 
 
+def check_batch(batch: Any) -> int | None:
+    """``batch`` as given to ``export_onnx`` (None: a free batch axis), or a ValueError naming it."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch={batch!r} must be a positive whole number of images, or null for any batch")
+    return batch
+
+
 def example_input(input_size: Sequence[int], preprocess: bool, batch: int = 1) -> torch.Tensor:
     """A tensor of the wrapper's input kind and ``input_size`` for tracing."""
     h, w = int(input_size[0]), int(input_size[1])
@@ -102,8 +109,7 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     in_name, out_name = ("image", "mask" if wrapper.argmax else "logits")
     h_ax, w_ax = (1, 2) if wrapper.preprocess else (2, 3)
-    if batch is not None and int(batch) < 1:
-        raise ValueError(f"batch={batch} must be a positive number of images, or null for a free batch")
+    batch = check_batch(batch)
     in_axes: dict[int, str] = {} if batch else {0: "batch"}
     out_axes: dict[int, str] = {} if batch else {0: "batch"}
     if dynamic:
