@@ -216,8 +216,6 @@ def output_head_nodes(path: str | os.PathLike, head: bool = True) -> list[str]:
     return head_node_names(onnx.load(str(path), load_external_data=False).graph, head)
 
 
-#: operators of the final upsampling (a Resize, or upsample_by_phases' rewrite of it)
-UPSAMPLING_OPS = ("Resize", "Transpose", "Gather", "MatMul", "Reshape", "Clip")
 #: operators between the final upsampling and the graph output of an ``argmax=true`` export
 MASK_OPS = ("ArgMax", "Cast")
 
@@ -225,6 +223,7 @@ MASK_OPS = ("ArgMax", "Cast")
 def head_node_names(graph: Any, head: bool = True) -> list[str]:
     """:func:`output_head_nodes` of an already loaded ``onnx.GraphProto``."""
     from segkit.export.int8_friendly import graph_links
+    from segkit.export.upsampling import UPSAMPLING_OPS
 
     outputs = {o.name for o in graph.output}
     producer, consumers = graph_links(graph)

@@ -23,6 +23,8 @@ import numpy as np
 
 from segkit.export.int8_friendly import drop_unused_nodes, graph_links, inferred_dims, node_attr, run_before
 
+#: operator types of a final upsampling: a Resize, or what :func:`upsample_by_phases` writes instead
+UPSAMPLING_OPS = ("Resize", "Transpose", "Gather", "MatMul", "Reshape", "Clip")
 #: Resize coordinate modes whose sampling positions are ``(out + 0.5) / scale - 0.5``, clamped at the edges
 HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel")
 
