@@ -9,7 +9,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from segkit.export.upsampling import classify_before_upsampling, phase_weights, upsample_by_phases
+from segkit.export.upsampling import (
+    block_size,
+    block_weights,
+    classify_before_upsampling,
+    phase_weights,
+    upsample_by_phases,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -27,11 +33,36 @@ def test_phase_weights_are_bilinear_half_pixel_interpolation(scale: int) -> None
     np.testing.assert_allclose(phase_weights(scale).sum(axis=1), 1.0, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("length, block", [(12, 4), (12, 12), (7, 7), (5, 1), (32, 16)])
+def test_block_weights_upsample_each_block_from_its_window(length: int, block: int) -> None:
+    scale = 4
+    x = RNG.standard_normal(length).astype(np.float32)
+    windows = np.clip(np.arange(0, length, block)[:, None] + np.arange(-1, block + 1), 0, length - 1)
+    ours = (x[windows] @ block_weights(scale, block).T).reshape(-1)  # block b's outputs, blocks in order
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None, None], scale_factor=scale, mode="linear", align_corners=False
+    )[0, 0].numpy()
+    np.testing.assert_allclose(ours, want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(block_weights(scale, 1), phase_weights(scale))
+
+
+@pytest.mark.parametrize(
+    "length, target, want", [(64, 8, 8), (128, 16, 16), (12, 8, 6), (7, 16, 7), (13, 8, 13), (30, 8, 6)]
+)
+def test_block_size_is_the_divisor_nearest_the_target(length: int, target: int, want: int) -> None:
+    assert block_size(length, target) == want
+
+
 def _resize_model(
-    scales: list[float], *, mode: str = "half_pixel", argmax: bool = False, channels: int = 5
+    scales: list[float],
+    *,
+    mode: str = "half_pixel",
+    argmax: bool = False,
+    channels: int = 5,
+    size: tuple[int, int] = (6, 7),
 ) -> onnx.ModelProto:
-    """x (N x 4 x 6 x 7) -> 1x1 Conv to ``channels`` -> Resize(scales) -> [ArgMax] -> y, batch free."""
-    h, w = 6, 7
+    """x (N x 4 x h x w) -> 1x1 Conv to ``channels`` -> Resize(scales) -> [ArgMax] -> y, batch free."""
+    h, w = size
     out_h, out_w = int(h * scales[2]), int(w * scales[3])
     nodes = [
         helper.make_node("Conv", ["x", "cw", "cb"], ["c"], kernel_shape=[1, 1]),
@@ -69,9 +100,10 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("scales", [[1, 1, 8, 8], [1, 1, 4, 2], [1, 1, 1, 3], [1, 1, 2, 1]])
-def test_upsample_by_phases_equals_the_resize(scales: list[float]) -> None:
-    x = RNG.standard_normal((2, 4, 6, 7)).astype(np.float32)  # batch 2 through a batch-free graph
-    model = _resize_model(scales)
+@pytest.mark.parametrize("size", [(6, 7), (24, 32)])  # one block per axis; several (6 x 12, 16 x 2)
+def test_upsample_by_phases_equals_the_resize(scales: list[float], size: tuple[int, int]) -> None:
+    x = RNG.standard_normal((2, 4, *size)).astype(np.float32)  # batch 2 through a batch-free graph
+    model = _resize_model(scales, size=size)
     want = _run(model, x)
     assert upsample_by_phases(model) == 1
     onnx.checker.check_model(model, full_check=True)
@@ -80,13 +112,14 @@ def test_upsample_by_phases_equals_the_resize(scales: list[float]) -> None:
     passes = (scales[2] > 1) + (scales[3] > 1)
     assert ops.count("Gather") == ops.count("MatMul") == passes
     got = _run(model, x)
-    assert got.shape == want.shape == (2, 5, int(6 * scales[2]), int(7 * scales[3]))
+    assert got.shape == want.shape == (2, 5, int(size[0] * scales[2]), int(size[1] * scales[3]))
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
 
 
-def test_upsample_by_phases_before_argmax_needs_no_output_copy() -> None:
-    x = RNG.standard_normal((1, 4, 6, 7)).astype(np.float32)
-    model = _resize_model([1, 1, 8, 8], argmax=True, channels=19)
+@pytest.mark.parametrize("size", [(6, 7), (24, 32)])
+def test_upsample_by_phases_before_argmax_needs_no_output_copy(size: tuple[int, int]) -> None:
+    x = RNG.standard_normal((1, 4, *size)).astype(np.float32)
+    model = _resize_model([1, 1, 8, 8], argmax=True, channels=19, size=size)
     want = _run(model, x)
     assert upsample_by_phases(model) == 1
     # channels-last passes, so the ArgMax reduces contiguous runs of the 19 class scores
@@ -96,7 +129,7 @@ def test_upsample_by_phases_before_argmax_needs_no_output_copy() -> None:
     assert {a.name: helper.get_attribute_value(a) for a in argmax.attribute} == {"axis": 3, "keepdims": 0}
     onnx.checker.check_model(model, full_check=True)
     got = _run(model, x)
-    assert got.shape == (1, 48, 56)
+    assert got.shape == (1, 8 * size[0], 8 * size[1])
     assert (got == want).mean() > 0.999  # ties between classes may break differently after rounding
 
 
