@@ -239,10 +239,7 @@ def space_to_depth_stem(model: Any) -> int:
             dilations=[1, 1],
             group=1,
         )
-        pos = list(graph.node).index(node)
-        graph.node.remove(node)
-        graph.node.insert(pos, conv)
-        graph.node.insert(pos, s2d)
+        splice(graph, node, [s2d, conv], replace=True)
         changed += 1
     if changed:
         drop_unused_nodes(model)
@@ -282,6 +279,16 @@ def run_before(nodes: list[Any], first: Any, second: Any, name: str) -> None:
     first.input[0], first.output[0] = name, target
     nodes.remove(second)
     nodes.insert(nodes.index(first), second)
+
+
+def splice(graph: Any, at: Any, nodes: Sequence[Any], *, replace: bool) -> None:
+    """Insert ``nodes`` (in order) where node ``at`` stands in ``graph.node``, in place of ``at`` when
+    ``replace``, else in front of it: a rewrite's new nodes keep the graph's topological order."""
+    position = list(graph.node).index(at)
+    if replace:
+        graph.node.remove(at)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
 
 
 def graph_links(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
@@ -507,9 +514,7 @@ def fold_se_gates(model: Any) -> int:
             ),
         ]
         conv.input[0], conv.input[1] = activation, names[2]
-        position = list(graph.node).index(conv)
-        for offset, node in enumerate(new):
-            graph.node.insert(position + offset, node)
+        splice(graph, conv, new, replace=False)
         folded += 1
     if folded:
         drop_unused_nodes(model)

@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from segkit.export.int8_friendly import drop_unused_nodes, graph_links, inferred_dims, node_attr, run_before
+from segkit.export.int8_friendly import (
+    drop_unused_nodes,
+    graph_links,
+    inferred_dims,
+    node_attr,
+    run_before,
+    splice,
+)
 
 #: operator types of a final upsampling: a Resize, or what :func:`upsample_by_phases` writes instead
 UPSAMPLING_OPS = ("Resize", "Transpose", "Gather", "MatMul", "Reshape", "Clip")
@@ -240,10 +247,7 @@ def upsample_by_phases(model: Any) -> int:
         else:
             nodes[-1].output[0] = resize.output[0]
         graph.initializer.extend(new_inits)
-        position = list(graph.node).index(resize)
-        graph.node.remove(resize)
-        for offset, node in enumerate(nodes):
-            graph.node.insert(position + offset, node)
+        splice(graph, resize, nodes, replace=True)
         rewritten += 1
     if rewritten:
         drop_unused_nodes(model)
