@@ -172,3 +172,31 @@ def test_bad_images_are_rejected(files: dict) -> None:
         pred.predict(np.zeros((64, 128, 3), np.float32))
     with pytest.raises(ValueError, match="image 1"):
         pred.predict_batch([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+
+
+def test_a_fixed_batch_graph_runs_any_number_of_images_in_filled_chunks(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segkit.inference.backends import OnnxBackend, fill_to_multiple
+
+    # y = x * per-image factor of the graph's batch position: 2 x 1 x 2 x 2 in and out (batch fixed to 2)
+    factor = numpy_helper.from_array(np.array([1.0, 10.0], np.float32).reshape(2, 1, 1, 1), "factor")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["image", "factor"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 1, 2, 2])],
+        [factor],
+    )
+    path = tmp_path / "fixed2.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    backend = OnnxBackend(path)
+    assert backend.fixed_batch == 2
+    images = np.arange(1, 4, dtype=np.float32)[:, None, None, None] * np.ones((3, 1, 2, 2), np.float32)
+    filled = fill_to_multiple(images, 2)
+    assert filled[:, 0, 0, 0].tolist() == [1, 2, 3, 3]  # the last image repeated up to a whole batch
+    out = backend.run(images)
+    # images 0, 1 in the first run (factors 1, 10), image 2 first in the second run (factor 1)
+    assert out.shape == (3, 1, 2, 2) and out[:, 0, 0, 0].tolist() == [1.0, 20.0, 3.0]
+    assert backend.run(images[:2])[:, 0, 0, 0].tolist() == [1.0, 20.0]

@@ -52,9 +52,9 @@ class CalibrationReader:
         self.input_name = input_name
         self.batches = list(batches)
         if fixed_batch and self.batches:
-            images = np.concatenate(self.batches)
-            fill = -len(images) % fixed_batch
-            images = np.concatenate([images, np.repeat(images[-1:], fill, axis=0)])
+            from segkit.inference.backends import fill_to_multiple
+
+            images = fill_to_multiple(np.concatenate(self.batches), fixed_batch)
             self.batches = list(np.split(images, len(images) // fixed_batch))
         self._pos = 0
 

@@ -143,6 +143,12 @@ class TorchScriptBackend(TorchBackend):
         return out.cpu().numpy()
 
 
+def fill_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    """``images`` (N x ...) followed by copies of the last one up to a multiple of ``multiple`` images:
+    what a graph with a fixed batch of ``multiple`` can run in whole batches."""
+    return np.concatenate([images, np.repeat(images[-1:], -len(images) % multiple, axis=0)])
+
+
 class OnnxBackend(Backend):
     """An ONNX file run by onnxruntime, with ``threads`` intra-op threads on the CPU provider."""
 
@@ -183,13 +189,13 @@ class OnnxBackend(Backend):
         step = self.fixed_batch
         if step is None or len(batch) == step:
             return self.session.run(None, {self.input_name: batch})[0]
-        # a fixed-batch graph runs the images in chunks of its size, the last one padded with copies
-        outs = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
-            full = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), axis=0)])
-            outs.append(self.session.run(None, {self.input_name: full})[0][: len(chunk)])
-        return np.concatenate(outs)
+        # a fixed-batch graph runs the images in chunks of its size, the last one filled up with copies
+        full = fill_to_multiple(batch, step)
+        outs = [
+            self.session.run(None, {self.input_name: full[start : start + step]})[0]
+            for start in range(0, len(full), step)
+        ]
+        return np.concatenate(outs)[: len(batch)]
 
 
 class ExecuTorchBackend(Backend):
