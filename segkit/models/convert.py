@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from segkit.models.factory import build_model
+
 #: torchvision LRASPP key prefix -> segkit LRASPP key prefix
 _PREFIXES = {
     "backbone.": "encoder.features.",
@@ -43,8 +45,6 @@ def from_torchvision_lraspp(state_dict: Mapping[str, torch.Tensor] | str | os.Pa
             raise ValueError(
                 f"{path}: expected a torchvision LR-ASPP state dict, got {type(state_dict).__name__}"
             )
-    from segkit.models.factory import build_model
-
     for key in ("classifier.low_classifier.weight", "classifier.cbr.0.weight"):
         if key not in state_dict:
             raise ValueError(f"not a torchvision lraspp_mobilenet_v3_large state dict: no {key!r}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import os
 from collections.abc import Mapping
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -12,7 +15,14 @@ from torch import nn
 
 from segkit.config import load_group
 from segkit.models.decoders.lraspp import LRASPP
-from segkit.models.encoders import build_encoder, check_encoder, is_segkit_encoder, register_smp_encoder
+from segkit.models.decoders.lraspp.decoder import LRASPPDecoder
+from segkit.models.encoders import (
+    MobileNetV3Encoder,
+    build_encoder,
+    check_encoder,
+    is_segkit_encoder,
+    register_smp_encoder,
+)
 from segkit.models.smp_archs import SMP_ARCHITECTURES
 from segkit.models.weights import (
     TORCHVISION_WEIGHTS,
@@ -23,6 +33,8 @@ from segkit.models.weights import (
 
 #: every ``arch`` build_model knows: segkit's LR-ASPP and smp's architectures
 ARCHITECTURES = ["lraspp", *sorted(SMP_ARCHITECTURES)]
+#: the keys of a model config (``conf/model/*.yaml``) besides ``_target_``
+MODEL_KEYS = ("name", "arch", "encoder", "num_classes", "encoder_weights", "encoder_params", "decoder_params")
 
 
 def _plain(value: Any) -> Any:
@@ -129,23 +141,74 @@ def _smp_weights(encoder: str) -> Any:
     return True if encoder.startswith("tu-") else "imagenet"
 
 
-def create_model(name: str, num_classes: int = 19, **overrides: Any) -> nn.Module:
-    """Build the model of ``conf/model/<name>.yaml`` with ``overrides`` merged in (nested dicts merge).
+def load_model_config(name_or_path: str | os.PathLike) -> DictConfig:
+    """A model config: ``conf/model/<name>.yaml``, or any model YAML file (e.g. a searched architecture)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or os.sep in str(name_or_path) or "/" in str(name_or_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"model config file not found: {path}")
+        cfg = OmegaConf.load(path)
+        if not isinstance(cfg, DictConfig):
+            raise ValueError(f"{path}: a model config is a mapping with arch/encoder keys")
+        cfg.pop("defaults", None)
+        cfg.setdefault("name", path.stem)
+        return cfg
+    return load_group("model", str(name_or_path))
+
+
+def create_model(name: str | os.PathLike, num_classes: int = 19, **overrides: Any) -> nn.Module:
+    """Build ``conf/model/<name>.yaml`` (or the model YAML file at ``name``) with ``overrides`` merged in.
 
     ``create_model("lraspp_mobilenetv3_large", encoder_params={"width_mult": 0.75})`` changes one key
-    of the encoder's parameters and keeps the rest of the file's.
+    of the encoder's parameters and keeps the rest of the file's (nested dicts merge; lists, such as a
+    block table, are replaced).
     """
-    cfg = load_group("model", name)
+    cfg = load_model_config(name)
+    source = str(name)
     cfg = OmegaConf.merge(cfg, OmegaConf.create(overrides), {"num_classes": num_classes})
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     target = config.pop("_target_", "segkit.models.build_model")
     if target not in ("segkit.models.build_model", "segkit.models.factory.build_model"):
-        raise ValueError(
-            f"conf/model/{name}.yaml: _target_ must be segkit.models.build_model, got {target!r}"
-        )
-    config.setdefault("name", name)
+        raise ValueError(f"{source}: _target_ must be segkit.models.build_model, got {target!r}")
+    config.setdefault("name", Path(source).stem)
+    unknown = sorted(set(config) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown model config keys {unknown} (expected {sorted(MODEL_KEYS)})")
     return build_model(**config)
 
 
-__all__ = ["ARCHITECTURES", "TORCHVISION_WEIGHTS", "build_model", "create_model"]
+def architecture_config(model: nn.Module) -> dict[str, Any]:
+    """The model config that rebuilds ``model`` as it is now, after layers were shrunk or replaced.
+
+    A segkit MobileNetV3 encoder's ``encoder_params`` get its live block table (``blocks``,
+    ``stem_channels``, ``last_channels``, with ``width_mult=1`` and ``reduced_tail=false`` since the
+    table holds final widths); an LR-ASPP decoder's ``inter_channels`` is read from its layers. Any table
+    is an ordinary model config: ``build_model(**architecture_config(m))`` builds the same shapes.
+    """
+    base = getattr(model, "model_config", None)
+    if base is None:
+        raise ValueError("model has no model_config: build it with segkit.models.build_model/create_model")
+    config = copy.deepcopy(_plain(dict(base)))
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, MobileNetV3Encoder):
+        params = dict(config.get("encoder_params") or {})
+        params.update(encoder.architecture(), width_mult=1.0, reduced_tail=False)
+        config["encoder_params"] = params
+    decoder = getattr(model, "decoder", None)
+    if isinstance(decoder, LRASPPDecoder):
+        decoder_params = dict(config.get("decoder_params") or {})
+        decoder_params["inter_channels"] = int(decoder.cbr[0].out_channels)
+        config["decoder_params"] = decoder_params
+    return config
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "MODEL_KEYS",
+    "TORCHVISION_WEIGHTS",
+    "architecture_config",
+    "build_model",
+    "create_model",
+    "load_model_config",
+]

@@ -12,14 +12,17 @@ full-resolution count takes no compute. Prints a table, then one JSON line.
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-import yaml
 from omegaconf import OmegaConf
 from torch import nn
+
+from segkit.cli import Command
+from segkit.models.encoders import MobileNetV3Encoder
+from segkit.models.factory import build_model, create_model
 
 
 def count_params(model: nn.Module) -> int:
@@ -72,24 +75,44 @@ def _meta_copy_device(model: nn.Module) -> torch.device:
 
 
 def summarize(
-    model_name: str, input_size: list[int] | tuple[int, int] = (512, 1024), **overrides: Any
+    model: str | Mapping[str, Any], input_size: list[int] | tuple[int, int] = (512, 1024), **overrides: Any
 ) -> dict[str, Any]:
-    """Params and MAdds of ``conf/model/<model_name>.yaml`` (built on the meta device) at ``input_size``."""
-    from segkit.models import create_model
-
+    """Params and MAdds of a model config (a ``conf/model`` name, a model YAML path or the config itself),
+    built on the meta device, at ``input_size``; with a MobileNetV3 encoder also its block table."""
     overrides["encoder_weights"] = None  # counts do not depend on weights; never download for them
     with torch.device("meta"):
-        model = create_model(model_name, **overrides)
-    madds = count_madds(model, input_size)
-    params = {name: count_params(child) for name, child in model.named_children()}
-    return {
-        "model": model_name,
+        if isinstance(model, Mapping):
+            config = {k: v for k, v in model.items() if k != "_target_"}
+            built = build_model(**{**config, **overrides})
+        else:
+            built = create_model(model, **overrides)
+    madds = count_madds(built, input_size)
+    params = {name: count_params(child) for name, child in built.named_children()}
+    summary: dict[str, Any] = {
+        "model": built.model_config.get("name") or str(model),
         "input_size": [int(s) for s in input_size],
-        "params": count_params(model),
+        "params": count_params(built),
         "madds": madds["total"],
         "params_by_part": params,
         "madds_by_part": {k: v for k, v in madds.items() if k != "total"},
     }
+    encoder = getattr(built, "encoder", None)
+    if isinstance(encoder, MobileNetV3Encoder):
+        summary["architecture"] = encoder.architecture()
+    return summary
+
+
+def format_blocks(architecture: Mapping[str, Any]) -> str:
+    """The block table of a MobileNetV3 encoder, as ``encoder_params.blocks`` takes it."""
+    lines = [
+        f"stem_channels: {architecture['stem_channels']}",
+        "blocks:  # [kernel, expanded, out, use_se, activation, stride]",
+    ]
+    for row in architecture["blocks"]:
+        k, e, o, se, act, stride = row
+        lines.append(f"  - [{k}, {e}, {o}, {str(se).lower()}, {act}, {stride}]")
+    lines.append(f"last_channels: {architecture['last_channels']}")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict) -> str:
@@ -108,34 +131,31 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: Hydra-style ``model=<name>``, ``input_size=[H,W]`` and ``model.<key>=<value>`` overrides."""
-    from segkit.config import group_options
-
-    usage = "usage: python -m segkit.models.summary model=<name> [input_size=[H,W]] [model.<key>=<value> ...]"
-    name, input_size, dotlist = None, [512, 1024], []
-    for arg in sys.argv[1:] if argv is None else argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise SystemExit(f"{usage}\nnot a key=value argument: {arg!r}")
-        if key == "model":
-            name = value
-        elif key == "input_size":
-            input_size = list(yaml.safe_load(value))
-        elif key.startswith("model."):
-            dotlist.append(f"{key[len('model.') :]}={value}")
-        else:
-            raise SystemExit(f"{usage}\nunknown argument {key!r}")
-    if name is None:
-        raise SystemExit(f"{usage}\nmodel names: {group_options('model')}")
+def _run(cfg: Any) -> int:
+    input_size = list(cfg.input_size)
     if len(input_size) != 2:
-        raise SystemExit(f"input_size must be [H, W], got {input_size}")
-    overrides = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist), resolve=True)
-    assert isinstance(overrides, dict)
-    summary = summarize(name, input_size, **overrides)
+        raise ValueError(f"input_size must be [H, W], got {input_size}")
+    summary = summarize(OmegaConf.to_container(cfg.model, resolve=True), input_size)
     print(format_table(summary))
+    if "architecture" in summary:
+        print("\nencoder block table (encoder_params):")
+        print(format_blocks(summary["architecture"]))
     print(json.dumps({k: summary[k] for k in ("model", "input_size", "params", "madds")}))
     return 0
+
+
+COMMAND = Command(
+    prog="python -m segkit.models.summary",
+    config_name="summary",
+    usage="model=<name or model.yaml> [input_size=[H,W]] [model.<key>=<value> ...]",
+    run=_run,
+    user_errors=(ValueError, FileNotFoundError),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: Hydra-style ``model=<name>``, ``input_size=[H,W]`` and ``model.<key>=<value>`` overrides."""
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

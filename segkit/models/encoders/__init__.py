@@ -13,7 +13,13 @@ from typing import Any
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from segkit.models.encoders.mobilenetv3 import MobileNetV3Encoder
+from segkit.models.encoders.mobilenetv3 import (
+    BlockSpec,
+    MobileNetV3Encoder,
+    block_spec,
+    new_block,
+    paper_table,
+)
 
 #: segkit encoder name -> (class, fixed constructor arguments)
 SEGKIT_ENCODERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
@@ -43,7 +49,7 @@ def register_smp_encoder(name: str, params: dict[str, Any] | None = None) -> str
 
 
 #: encoder_params that only segkit's MobileNetV3 understands
-MOBILENETV3_ONLY_PARAMS = ("width_mult", "reduced_tail", "taps")
+MOBILENETV3_ONLY_PARAMS = ("width_mult", "reduced_tail", "taps", "blocks", "stem_channels", "last_channels")
 
 
 def check_encoder(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +95,11 @@ for _name in SEGKIT_ENCODERS:
 
 __all__ = [
     "SEGKIT_ENCODERS",
+    "BlockSpec",
     "MobileNetV3Encoder",
+    "block_spec",
+    "new_block",
+    "paper_table",
     "build_encoder",
     "check_encoder",
     "is_segkit_encoder",
