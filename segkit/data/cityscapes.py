@@ -23,14 +23,13 @@ import numpy as np
 import torch
 
 from segkit import labels
+from segkit.formats.description import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 IMAGE_DIR = "leftImg8bit"
 IMAGE_SUFFIX = "_leftImg8bit.png"
 SPLITS = ("train", "val", "test", "train_extra")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INVALID = 254  # marks a value outside the table: neither a trainId (0..18, 255) nor reachable otherwise
 

@@ -17,9 +17,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +28,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from segkit import labels
+from segkit.data.transforms import normalization
 from segkit.engine import distributed as D
-from segkit.engine.checkpoint import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CheckpointError,
-    load_checkpoint,
-    model_metadata,
-    save_checkpoint,
-)
 from segkit.engine.ema import ModelEMA, unwrap
-from segkit.engine.evaluate import autocast, evaluate, model_logits
+from segkit.engine.evaluate import evaluate
 from segkit.engine.losses import build_loss
 from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.rng import rng_state, set_rng_state
+from segkit.engine.step import TrainStep
+from segkit.formats.checkpoint import CheckpointError, load_checkpoint, model_metadata, save_checkpoint
+from segkit.formats.description import ModelDescription
+from segkit.models import build_model_from_checkpoint
+from segkit.models.from_checkpoint import checkpoint_model_config
 
 log = logging.getLogger("segkit.train")
 
@@ -80,66 +76,6 @@ def resolve_channels_last(value: str | bool | None, device: torch.device) -> boo
     if isinstance(value, bool):
         return value
     raise ValueError(f"train.channels_last must be auto, true or false, got {value!r}")
-
-
-# --------------------------------------------------------------------------- one optimizer step
-@dataclass
-class TrainStep:
-    """One optimizer step over a list of micro-batches: forward, loss, backward, clip, step, EMA.
-
-    This is the engine's step function; ``benchmarks/train_throughput.py`` times it directly.
-    """
-
-    model: nn.Module
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-    scaler: torch.amp.GradScaler | None = None
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    grad_clip: float | None = None
-    ema: ModelEMA | None = None
-    step: int = 0
-
-    def to_device(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
-        return images, targets.to(self.device, non_blocking=True)
-
-    def __call__(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Run the step; returns the mean loss over the micro-batches (a detached scalar tensor)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        n = len(micro_batches)
-        total = torch.zeros((), device=self.device)
-        for i, (images, targets) in enumerate(micro_batches):
-            images, targets = self.to_device(images, targets)
-            # DDP: all-reduce gradients only on the last micro-batch of the step.
-            sync = i == n - 1 or not isinstance(self.model, DistributedDataParallel)
-            with self.model.no_sync() if not sync else nullcontext():
-                with autocast(self.device, self.amp_dtype):
-                    logits = model_logits(self.model(images))
-                loss = self.criterion(logits.float(), targets) / n
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            total += loss.detach()
-        if self.grad_clip:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.step += 1
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.step)
-        return total
 
 
 # --------------------------------------------------------------------------- helpers
@@ -241,7 +177,7 @@ class Trainer:
         self.out = out_dir
         self.ckpt_dir = out_dir / "checkpoints"
         self.iters = int(self.tcfg.iters)
-        self.accum = int(self.tcfg.get("accum_steps", 1) or 1)
+        self.accum = int(self.tcfg.accum_steps)
         self.batch_size = int(self.tcfg.batch_size)
         if self.iters <= 0 or self.batch_size <= 0 or self.accum <= 0:
             raise ValueError(
@@ -255,9 +191,18 @@ class Trainer:
         self.class_names = list(cfg.dataset.get("class_names") or labels.CLASS_NAMES)[: self.num_classes]
         if len(self.class_names) != self.num_classes:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
-        self.ignore_index = int(cfg.dataset.get("ignore_index", labels.IGNORE_INDEX))
-        self.amp_dtype = resolve_amp(self.tcfg.get("amp", "auto"), self.device)
-        self.channels_last = resolve_channels_last(self.tcfg.get("channels_last", "auto"), self.device)
+        self.ignore_index = int(cfg.dataset.ignore_index)
+        self.amp_dtype = resolve_amp(self.tcfg.amp, self.device)
+        self.channels_last = resolve_channels_last(self.tcfg.channels_last, self.device)
+        mean, std = normalization(cfg.augment)
+        #: what every checkpoint says about the model: the normalisation training used, classes, size
+        self.description = ModelDescription.for_classes(
+            self.class_names,
+            mean=mean,
+            std=std,
+            input_size=cfg.dataset.input_size,
+            ignore_index=self.ignore_index,
+        )
         self.best_miou = -math.inf
         self.last_metrics: dict[str, Any] = {}
         self.writer: Any = None
@@ -272,18 +217,14 @@ class Trainer:
 
         self.resume_path, resume_ckpt = self._resume_checkpoint()
 
-        from hydra.utils import instantiate
-
-        model = instantiate(cfg.model, num_classes=self.num_classes, _convert_="all")
-        self.model_config = OmegaConf.to_container(cfg.model, resolve=True)
-        self.model_config["num_classes"] = self.num_classes
+        model, self.model_config = self._build_model()
         if resume_ckpt is not None:
             check_resume_compatible(resume_ckpt, self.model_config, self.resume_path)
 
         bn_momentum = tcfg.get("bn_momentum")
         if bn_momentum is not None:
             set_bn_momentum(model, float(bn_momentum))
-        if self.info.distributed and tcfg.get("sync_bn", True):
+        if self.info.distributed and tcfg.sync_bn:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             elif self.info.is_main:
@@ -292,18 +233,16 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.raw_model = model
-        ema_cfg = tcfg.get("ema") or {}
+        ema_cfg = tcfg.ema
         self.ema = (
-            ModelEMA(
-                model, decay=float(ema_cfg.get("decay", 0.9999)), warmup=bool(ema_cfg.get("warmup", True))
-            )
-            if ema_cfg.get("enabled", False)
+            ModelEMA(model, decay=float(ema_cfg.decay), warmup=bool(ema_cfg.warmup))
+            if ema_cfg.enabled
             else None
         )
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
-        if tcfg.get("compile", False):
+        if tcfg.compile:
             model = torch.compile(model)
         self.model = model
 
@@ -311,13 +250,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim.get("scheduler") or {}, self.iters)
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        lcfg = tcfg.get("loss") or {}
+        lcfg = tcfg.loss
         self.criterion = build_loss(
-            str(lcfg.get("name", "ce")),
+            str(lcfg.name),
             ignore_index=self.ignore_index,
-            class_weights=lcfg.get("class_weights"),
-            ohem_thresh=float(lcfg.get("ohem_thresh", 0.7)),
-            ohem_min_kept=int(lcfg.get("ohem_min_kept", 100000)),
+            class_weights=lcfg.class_weights,
+            ohem_thresh=float(lcfg.ohem_thresh),
+            ohem_min_kept=int(lcfg.ohem_min_kept),
         ).to(self.device)
         grad_clip = tcfg.get("grad_clip")
         self.step_fn = TrainStep(
@@ -339,6 +278,32 @@ class Trainer:
         self._build_data(sampler_state)
         if resume_ckpt is not None:
             set_rng_state(resume_ckpt["rng"])
+
+    def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The model to train and its config: ``cfg.model``, or the model an ``init_checkpoint`` holds.
+
+        ``init_checkpoint`` starts a new run from a saved model, its architecture (e.g. a NetAdapt result,
+        whose block table is its model config) and its weights; the ``model`` group is then not used.
+        """
+        init = self.cfg.get("init_checkpoint")
+        if init in (None, "", False):
+            from hydra.utils import instantiate  # the model group builds by its _target_
+
+            model = instantiate(self.cfg.model, num_classes=self.num_classes, _convert_="all")
+            config = OmegaConf.to_container(self.cfg.model, resolve=True)
+            config["num_classes"] = self.num_classes
+            return model, config
+        ckpt = load_checkpoint(init, map_location="cpu")
+        config = checkpoint_model_config(ckpt, init)
+        theirs = int(config.get("num_classes", self.num_classes))
+        if theirs != self.num_classes:
+            raise CheckpointError(
+                f"init_checkpoint={init} has {theirs} classes but dataset.num_classes={self.num_classes}"
+            )
+        model = build_model_from_checkpoint(ckpt).train()
+        if self.info.is_main:
+            log.info("model %s and its weights from init_checkpoint=%s", config.get("name"), init)
+        return model, {"_target_": "segkit.models.build_model", **config}
 
     def _resume_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
         resume = self.cfg.get("resume")
@@ -399,7 +364,7 @@ class Trainer:
         from segkit.data.loader import build_train_loader, build_val_loader
 
         self.train_ds, self.val_ds = build_datasets(self.cfg.dataset, self.cfg.augment)
-        workers = int(self.tcfg.get("num_workers", 0))
+        workers = int(self.tcfg.num_workers)
         pin = self.device.type == "cuda"
         self.train_loader = build_train_loader(
             self.train_ds,
@@ -428,7 +393,7 @@ class Trainer:
         # Validation: each rank takes every world_size-th image, no padding, so each image counts once.
         self.val_loader = build_val_loader(
             self.val_ds,
-            batch_size=int(self.tcfg.get("eval_batch_size", 1)),
+            batch_size=int(self.tcfg.eval_batch_size),
             num_workers=min(workers, 2),
             rank=self.info.rank,
             world_size=self.info.world_size,
@@ -438,16 +403,7 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def checkpoint_payload(self, step: int) -> dict[str, Any]:
         """Self-describing checkpoint (see ARCHITECTURE.md) with the full training state."""
-        aug = self.cfg.get("augment") or {}
-        payload = model_metadata(
-            self.model_config,
-            class_names=self.class_names,
-            palette=labels.PALETTE[: self.num_classes] if self.num_classes <= labels.NUM_CLASSES else [],
-            mean=tuple(aug.get("mean", IMAGENET_MEAN)),
-            std=tuple(aug.get("std", IMAGENET_STD)),
-            input_size=self.cfg.dataset.get("input_size"),
-            ignore_index=self.ignore_index,
-        )
+        payload = model_metadata(self.model_config, self.description)
         payload.update(
             model=unwrap(self.raw_model).state_dict(),
             ema=self.ema.weights() if self.ema is not None else None,
@@ -544,7 +500,7 @@ class Trainer:
         main = self.info.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            if tcfg.get("tensorboard", True):
+            if tcfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(
@@ -564,8 +520,8 @@ class Trainer:
                 self.out,
             )
         images_per_step = self.batch_size * self.accum * self.info.world_size
-        progress = _progress_bar(self.iters, start, enabled=main and tcfg.get("progress", "auto"))
-        log_every = int(tcfg.get("log_every", 20) or 20)
+        progress = _progress_bar(self.iters, start, enabled=main and tcfg.progress)
+        log_every = int(tcfg.log_every)
         data_iter = iter(self.train_loader)
         step = start
         loss_sum, loss_count = 0.0, 0
@@ -632,7 +588,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         self.sync_buffers()
-        if tcfg.get("debug_dump_weights", False):
+        if tcfg.debug_dump_weights:
             torch.save(unwrap(self.raw_model).state_dict(), self.out / f"weights_rank{self.info.rank}.pt")
         summary = {
             "step": step,
@@ -665,7 +621,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[
 
     Works in one process or under ``torchrun`` (DDP: gloo on CPU, nccl on CUDA); only rank 0 writes.
     """
-    info = D.init_distributed(str(cfg.train.get("device", "auto")))
+    info = D.init_distributed(str(cfg.train.device))
     threads = torch.get_num_threads()
     try:
         out = Path(D.broadcast_object(str(run_output_dir(output_dir))))

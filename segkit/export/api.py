@@ -16,7 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from segkit.export.verify import VerificationError
+import segkit
+from segkit.data.sample import generate_sample
+from segkit.export.int8_friendly import export_quantization_source
+from segkit.export.mobile import MOBILE_FORMATS, export_executorch, export_torchscript
+from segkit.export.onnx import ExportWrapper, check_batch, export_onnx
+from segkit.export.quantize import fp32_operators, quantize_int8
+from segkit.export.verify import (
+    VerificationError,
+    check_agreement,
+    compare,
+    evaluate_miou,
+    load_images,
+    model_input,
+)
+from segkit.formats.checkpoint import description_of, load_checkpoint
+from segkit.formats.description import ModelDescription
+from segkit.inference import Predictor
+from segkit.inference.backends import ExecuTorchBackend, OnnxBackend, TorchScriptBackend
+from segkit.models import build_model_from_checkpoint
 
 #: Used when neither ``verify.root`` nor ``calibration.root`` is given and this folder exists.
 DEFAULT_SAMPLE_ROOT = Path("datasets/cityscapes_sample")
@@ -47,8 +65,6 @@ def _resolve_dataset(cfg: Mapping[str, Any], tmp: Path, log: Any) -> tuple[Path,
     if (DEFAULT_SAMPLE_ROOT / "leftImg8bit").is_dir():
         log(f"note: no verify.root given, verifying on the sample dataset at {DEFAULT_SAMPLE_ROOT}")
         return DEFAULT_SAMPLE_ROOT, "default sample dataset"
-    from segkit.data.sample import generate_sample
-
     log(
         "note: no verify.root/calibration.root given and no sample dataset found: verifying on a freshly "
         "generated procedural sample (synthetic street scenes), not on real Cityscapes images"
@@ -70,11 +86,6 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
     import onnxruntime
     import torch
 
-    import segkit
-    from segkit.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
-    from segkit.export.metadata import build_metadata
-    from segkit.export.onnx import ExportWrapper, check_batch, export_onnx
-    from segkit.export.verify import check_agreement, compare, load_images
 
     if not cfg.get("checkpoint"):
         raise ValueError("checkpoint=<path to a segkit .pt checkpoint> is required")
@@ -97,20 +108,17 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
             f"dynamic=true is not possible for {cfg['checkpoint']}: its LR-ASPP 'paper' pooling has a kernel "
             "fixed for one input size; export a fixed size (input_size=[H,W]) or use pooling=global"
         )
-    mean, std = ckpt.get("mean"), ckpt.get("std")
-    name = ckpt["model_config"].get("name", "model")
-    meta_kwargs = dict(
-        model_name=name,
-        class_names=ckpt["class_names"],
-        palette=ckpt["palette"],
-        mean=mean,
-        std=std,
+    # the file describes itself as the checkpoint does, plus how this graph is fed and read
+    description = description_of(ckpt, source=cfg["checkpoint"]).replace(
         input_size=size,
-        preprocess=preprocess,
-        argmax=argmax,
+        input_kind="uint8" if preprocess else "float",
+        output_kind="mask" if argmax else "logits",
+        dynamic=dynamic,
         batch=batch,
     )
-    meta = build_metadata(dynamic=dynamic, **meta_kwargs)
+    mean, std = description.mean, description.std
+    name = description.model_name or "model"
+    meta = description.to_dict()
     wrapper = ExportWrapper(model, mean, std, preprocess=preprocess, argmax=argmax).eval()
     output_kind = meta["output_kind"]
     min_agreement = float(cfg["verify"].get("min_agreement", 0.999))
@@ -175,7 +183,7 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
                 check_agreement(res, f"{output} at {s[0]}x{s[1]}", min_agreement)
 
             if cfg.get("quantize"):
-                report["int8"] = _quantize(cfg, output, wrapper, meta_kwargs, samples, root, size, log)
+                report["int8"] = _quantize(cfg, output, wrapper, description, samples, root, size, log)
                 save_report()
             if cfg.get("mobile"):
                 report["mobile"] = _mobile(cfg, output, wrapper, meta, images, size, min_agreement, log)
@@ -192,8 +200,6 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
 
 def _session(path: Path, threads: int | None) -> Any:
     """A callable batch -> first output of an onnxruntime session on ``path``."""
-    from segkit.inference.backends import OnnxBackend
-
     return OnnxBackend(path, threads=threads).run
 
 
@@ -207,18 +213,13 @@ def _quantize(
     cfg: Mapping[str, Any],
     output: Path,
     wrapper: Any,
-    meta_kwargs: Mapping[str, Any],
+    description: ModelDescription,
     val_samples: list[Any],
     verify_root: Path,
     size: tuple[int, int],
     log: Any,
 ) -> dict[str, Any]:
     """int8 quantization, calibrated on ``calibration.root``, with fp32 vs int8 mIoU on the val samples."""
-    from segkit.export.int8_friendly import export_quantization_source
-    from segkit.export.metadata import build_metadata
-    from segkit.export.quantize import fp32_operators, quantize_int8
-    from segkit.export.verify import evaluate_miou, load_images, model_input
-    from segkit.inference import Predictor
 
     if cfg["quantize"] != "int8":
         raise ValueError(f"quantize={cfg['quantize']!r}: only 'int8' is supported")
@@ -228,17 +229,15 @@ def _quantize(
     if not calib_cfg.get("root"):
         log(f"note: no calibration.root given, calibrating on {verify_root}")
     calib_images = load_images(calib_root, calib_cfg["split"], calib_cfg["images"])
-    preprocess = bool(meta_kwargs["preprocess"])
-    batches = [
-        model_input(rgb, size, meta_kwargs["mean"], meta_kwargs["std"], preprocess)[0] for rgb in calib_images
-    ]
+    preprocess = description.input_kind == "uint8"
+    mean, std = description.mean, description.std
+    batches = [model_input(rgb, size, mean, std, preprocess)[0] for rgb in calib_images]
     target = int8_path(output)
     log(
         f"quantizing to int8 ({q['format']}, per-channel={q['per_channel']}) "
         f"on {len(batches)} images: {target}"
     )
-    dynamic = bool(cfg["dynamic"])
-    meta = build_metadata(dynamic=dynamic, precision="int8", **meta_kwargs)
+    dynamic = description.dynamic
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         source = output
         if q.get("int8_friendly", True):
@@ -247,16 +246,16 @@ def _quantize(
                 wrapper,
                 Path(tmp) / "int8_source.onnx",
                 input_size=size,
-                metadata=build_metadata(dynamic=dynamic, **meta_kwargs),
+                metadata=description.to_dict(),
                 dynamic=dynamic,
                 opset=int(cfg["opset"]),
-                batch=meta_kwargs["batch"],
+                batch=description.batch,
             )
         quantize_int8(
             source,
             target,
             batches,
-            metadata=meta,
+            metadata=description.replace(precision="int8").to_dict(),
             quant_format=q["format"],
             per_channel=bool(q["per_channel"]),
             activation_type=q["activation_type"],
@@ -268,7 +267,7 @@ def _quantize(
     threads = cfg.get("threads")
     fp32 = Predictor.from_file(output, threads=threads, input_size=size)
     int8 = Predictor.from_file(target, threads=threads, input_size=size)
-    names = list(meta_kwargs["class_names"])
+    names = list(description.class_names)
     m32 = evaluate_miou(fp32.predict, val_samples, names)
     m8 = evaluate_miou(int8.predict, val_samples, names)
     agree = float(np.mean([(fp32.predict(rgb) == int8.predict(rgb)).mean() for rgb, _ in val_samples]))
@@ -311,9 +310,6 @@ def _mobile(
     log: Any,
 ) -> dict[str, Any]:
     """Write and verify the mobile-native file beside the ONNX model."""
-    from segkit.export.mobile import MOBILE_FORMATS, export_executorch, export_torchscript
-    from segkit.export.verify import check_agreement, compare
-    from segkit.inference.backends import ExecuTorchBackend, TorchScriptBackend
 
     kind = cfg["mobile"]
     if kind not in MOBILE_FORMATS:

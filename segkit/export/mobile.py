@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from typing import Any
 import torch
 
 from segkit.export.onnx import ExportWrapper, example_input
-from segkit.inference.backends import EXECUTORCH_META_METHOD, TORCHSCRIPT_META_FILE
+from segkit.formats.atomic import atomic_write
+from segkit.formats.metadata import EXECUTORCH_META_METHOD, TORCHSCRIPT_META_FILE
 
 #: Mobile formats ``python -m segkit.export mobile=...`` can write, with their file suffix.
 MOBILE_FORMATS = {"executorch": ".pte", "torchscript": ".ts"}
@@ -31,19 +31,6 @@ def executorch_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _write_atomic(data_writer: Any, output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        data_writer(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
 
 
 def export_executorch(
@@ -70,7 +57,7 @@ def export_executorch(
         partitioner=[XnnpackPartitioner()],
         constant_methods={EXECUTORCH_META_METHOD: json.dumps(meta)},
     ).to_executorch()
-    return _write_atomic(lambda tmp: Path(tmp).write_bytes(lowered.buffer), Path(output))
+    return atomic_write(output, lambda tmp: tmp.write_bytes(lowered.buffer))
 
 
 def export_torchscript(
@@ -87,4 +74,4 @@ def export_torchscript(
             wrapper.eval(), (example_input(input_size, wrapper.preprocess),), check_trace=False
         )
     extra = {TORCHSCRIPT_META_FILE: json.dumps(meta)}
-    return _write_atomic(lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra), Path(output))
+    return atomic_write(output, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))

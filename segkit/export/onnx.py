@@ -17,6 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from segkit.export.upsampling import classify_before_upsampling, static_resize_scales, upsample_by_phases
+from segkit.formats.atomic import atomic_write
+from segkit.formats.metadata import set_onnx_metadata
+
 #: Lowest opset written (HardSwish needs 14; 17 is the oldest onnxruntime-mobile target we support).
 MIN_OPSET = 17
 
@@ -91,17 +95,13 @@ def export_onnx(
 
     The batch axis is free unless ``batch`` fixes it (device runtimes take fixed shapes, and some int8
     rewrites need a batch of 1); height and width are fixed to ``input_size`` unless ``dynamic``.
-    A fixed-size graph gets constant Resize scales (:func:`~segkit.export.int8_friendly.static_resize_scales`:
+    A fixed-size graph gets constant Resize scales (:func:`~segkit.export.upsampling.static_resize_scales`:
     no run-time size arithmetic), its classifier moved before the decoder's upsampling
     (:func:`~segkit.export.upsampling.classify_before_upsampling`) and, with ``final_upsampling``, the
     upsampling to the input size as Gather + MatMul (:func:`~segkit.export.upsampling.upsample_by_phases`);
     all three compute the same function. The file is written atomically and checked with ``onnx.checker``.
     """
     import onnx
-
-    from segkit.export.int8_friendly import static_resize_scales
-    from segkit.export.metadata import set_onnx_metadata
-    from segkit.export.upsampling import classify_before_upsampling, upsample_by_phases
 
     if opset < MIN_OPSET:
         raise ValueError(f"opset={opset} is below the minimum supported opset {MIN_OPSET}")
@@ -142,7 +142,4 @@ def export_onnx(
         set_onnx_metadata(model, metadata)
         model.doc_string = f"segkit {metadata.get('model_name', '')}: semantic segmentation"
         onnx.checker.check_model(model)
-        final = Path(tmp) / "final.onnx"
-        onnx.save_model(model, str(final), save_as_external_data=False)
-        os.replace(final, output)
-    return output
+    return atomic_write(output, lambda tmp: onnx.save_model(model, str(tmp), save_as_external_data=False))

@@ -19,6 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from segkit.export.graph import graph_links
+from segkit.export.int8_graph import fold_scalar_muls, fold_se_gates, quantize_before_space_to_depth
+from segkit.export.upsampling import UPSAMPLING_OPS, upsample_by_phases
+from segkit.formats.metadata import set_onnx_metadata
+from segkit.inference.backends import fill_to_multiple
+
 #: Operators that only compute shapes or indices (int64 tensors): never activations, never quantized.
 SHAPE_OPS = frozenset(
     {
@@ -52,8 +58,6 @@ class CalibrationReader:
         self.input_name = input_name
         self.batches = list(batches)
         if fixed_batch and self.batches:
-            from segkit.inference.backends import fill_to_multiple
-
             images = fill_to_multiple(np.concatenate(self.batches), fixed_batch)
             self.batches = list(np.split(images, len(images) // fixed_batch))
         self._pos = 0
@@ -106,9 +110,9 @@ def quantize_int8(
     fp32 bilinear upsampling is faster than its uint8 one; the classifiers themselves are 1x1
     convolutions at 1/16 and 1/8 resolution.
     ``fold_muls`` folds multiplications by a constant into the scale of
-    the DequantizeLinear before them (see :func:`segkit.export.int8_friendly.fold_scalar_muls`);
+    the DequantizeLinear before them (see :func:`segkit.export.int8_graph.fold_scalar_muls`);
     ``fold_se`` folds squeeze-and-excitation gates into the next convolution's weights, which only a
-    graph fixed to a batch of 1 allows (:func:`segkit.export.int8_friendly.fold_se_gates`);
+    graph fixed to a batch of 1 allows (:func:`segkit.export.int8_graph.fold_se_gates`);
     ``final_upsampling`` then rewrites the fp32 final upsampling as in the fp32 export
     (:func:`segkit.export.upsampling.upsample_by_phases`).
     """
@@ -116,9 +120,6 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from segkit.export.int8_friendly import fold_scalar_muls, fold_se_gates, quantize_before_space_to_depth
-    from segkit.export.metadata import set_onnx_metadata
-    from segkit.export.upsampling import upsample_by_phases
 
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
     methods = {
@@ -222,8 +223,6 @@ MASK_OPS = ("ArgMax", "Cast")
 
 def head_node_names(graph: Any, head: bool = True) -> list[str]:
     """:func:`output_head_nodes` of an already loaded ``onnx.GraphProto``."""
-    from segkit.export.int8_friendly import graph_links
-    from segkit.export.upsampling import UPSAMPLING_OPS
 
     outputs = {o.name for o in graph.output}
     producer, consumers = graph_links(graph)
@@ -268,7 +267,6 @@ def fp32_operators(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     import onnx
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from segkit.export.int8_friendly import graph_links
 
     graph = onnx.load(str(path), load_external_data=False).graph
     producer, consumers = graph_links(graph)

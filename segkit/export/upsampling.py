@@ -3,7 +3,7 @@
 A segmentation network upsamples twice at its end: LR-ASPP brings the 1/16 branch to 1/8, then the
 logits to the input size. Both rewrites here compute the same function (up to float rounding) with
 fewer bytes moved, and both need constant Resize scales, i.e. a fixed-size export
-(:func:`~segkit.export.int8_friendly.static_resize_scales`).
+(:func:`static_resize_scales`).
 
 * :func:`classify_before_upsampling`: a 1x1 convolution after a bilinear Resize runs before it instead.
   Bilinear weights sum to one, so a per-pixel linear map (bias included) commutes with them; the Resize
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from segkit.export.int8_friendly import (
+from segkit.export.graph import (
     drop_unused_nodes,
     graph_links,
     inferred_dims,
@@ -40,6 +40,43 @@ HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel")
 #: block's MatMul reads ``b + 2`` samples, so larger blocks gather less, and the width pass writes rows
 #: of ``b * s`` values; 16 and 8 were fastest for 64 x 128 logits upsampled 8x (onnxruntime, 2 threads)
 WIDTH_BLOCK, HEIGHT_BLOCK = 16, 8
+
+
+def static_resize_scales(model: Any) -> int:
+    """Give every ``Resize`` whose target size is computed at run time constant ``scales`` instead.
+
+    The traced graph computes an upsampling's target size from ``Shape`` nodes because the batch axis
+    is dynamic, even when height and width are fixed. In a quantized graph that costs twice: the
+    ``Shape`` consumers force a duplicate fp32 DequantizeLinear of their input, and onnxruntime does not
+    run a ``Resize`` with computed sizes in int8. Where shape inference gives static channels, heights
+    and widths on both sides and every output size is a whole multiple of the input's, constant scales
+    describe the same resize exactly (onnxruntime derives the coordinate mapping from out/in either
+    way). Changes ``model`` (an ``onnx.ModelProto``) in place, drops the nodes left unused and returns
+    how many Resize nodes changed.
+    """
+    from onnx import numpy_helper
+
+    dims = inferred_dims(model, data_prop=True)
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3] or node.input[3] in constants:
+            continue
+        src, dst = dims.get(node.input[0]), dims.get(node.output[0])
+        if not src or not dst or len(src) != len(dst) or None in src[1:] or None in dst[1:]:
+            continue
+        if any(d % s for s, d in zip(src[1:], dst[1:])):
+            continue
+        scales = np.array([1.0] + [d / s for s, d in zip(src[1:], dst[1:])], dtype=np.float32)
+        name = f"{node.name or node.output[0]}_static_scales"
+        model.graph.initializer.append(numpy_helper.from_array(scales, name))
+        del node.input[1:]
+        node.input.extend(["", name])  # roi unused, scales
+        changed += 1
+    if changed:
+        drop_unused_nodes(model)
+    return changed
 
 
 def _constant_scales(node: Any, inits: dict[str, Any]) -> np.ndarray | None:

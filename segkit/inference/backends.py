@@ -14,78 +14,21 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from segkit import labels
-from segkit.engine.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from segkit.formats.description import ModelDescription, ModelFileError
+from segkit.formats.metadata import (
+    EXECUTORCH_META_METHOD,
+    decode_metadata,
+    read_torchscript_metadata,
+)
 
-#: Name of the JSON file stored inside TorchScript archives (``_extra_files``) with the model's metadata.
-TORCHSCRIPT_META_FILE = "segkit.json"
-#: Name of the constant method of ExecuTorch programs that returns the model's metadata as JSON.
-EXECUTORCH_META_METHOD = "segkit_metadata"
-
-InputKind = Literal["float", "uint8"]
-OutputKind = Literal["logits", "mask"]
-
-
-class ModelFileError(ValueError):
-    """A file cannot be used as a segkit model; the message names the file and what is wrong."""
-
-
-@dataclass
-class ModelInfo:
-    """What the predictor must know about a model besides its weights.
-
-    ``input_size`` is the fixed (H, W) the graph was built for, or None for a graph that takes any size;
-    ``input_kind`` says whether the graph normalises uint8 RGB itself, ``output_kind`` whether it
-    returns logits or an argmax mask.
-    """
-
-    class_names: list[str] = field(default_factory=lambda: list(labels.CLASS_NAMES))
-    palette: np.ndarray = field(default_factory=lambda: labels.PALETTE.copy())
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    input_size: tuple[int, int] | None = None
-    input_kind: InputKind = "float"
-    output_kind: OutputKind = "logits"
-    dynamic: bool = True
-    model_name: str = ""
-
-    @classmethod
-    def from_mapping(cls, meta: Mapping[str, Any], *, source: str | os.PathLike = "") -> ModelInfo:
-        """Build from a checkpoint's or an exported file's metadata dict (missing keys get defaults)."""
-        defaults = cls()
-        try:
-            size = meta.get("input_size")
-            info = cls(
-                class_names=[str(n) for n in meta.get("class_names", defaults.class_names)],
-                palette=np.asarray(meta.get("palette", defaults.palette), dtype=np.uint8).reshape(-1, 3),
-                mean=tuple(float(m) for m in meta.get("mean", defaults.mean)),  # type: ignore[arg-type]
-                std=tuple(float(s) for s in meta.get("std", defaults.std)),  # type: ignore[arg-type]
-                input_size=(int(size[0]), int(size[1])) if size else None,
-                input_kind=str(meta.get("input_kind", "float")),  # type: ignore[arg-type]
-                output_kind=str(meta.get("output_kind", "logits")),  # type: ignore[arg-type]
-                dynamic=bool(meta.get("dynamic", size is None)),
-                model_name=str(meta.get("model_name", "")),
-            )
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ModelFileError(f"{source}: malformed segkit metadata ({exc})") from None
-        if info.input_kind not in ("float", "uint8"):
-            raise ModelFileError(f"{source}: input_kind must be 'float' or 'uint8', got {info.input_kind!r}")
-        if info.output_kind not in ("logits", "mask"):
-            raise ModelFileError(
-                f"{source}: output_kind must be 'logits' or 'mask', got {info.output_kind!r}"
-            )
-        if len(info.palette) != len(info.class_names):
-            raise ModelFileError(
-                f"{source}: palette has {len(info.palette)} colours for {len(info.class_names)} classes"
-            )
-        return info
+#: the Predictor's view of a model file's metadata (the one record, under its historical name here)
+ModelInfo = ModelDescription
 
 
 class Backend:
@@ -176,8 +119,6 @@ class OnnxBackend(Backend):
             raise ModelFileError(
                 f"{path} is not a loadable ONNX model ({type(exc).__name__}: {exc})"
             ) from None
-        from segkit.export.metadata import decode_metadata  # here: segkit.export imports this module
-
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         #: the graph's fixed batch size (an export with ``batch=N``), or None when it takes any
@@ -222,21 +163,6 @@ class ExecuTorchBackend(Backend):
     def run(self, batch: np.ndarray) -> np.ndarray:
         outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(b[None]))])[0] for b in batch]
         return torch.cat(outs).numpy()
-
-
-def read_torchscript_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The segkit metadata stored in a TorchScript archive written by ``segkit.export``."""
-    extra = {TORCHSCRIPT_META_FILE: ""}
-    try:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # torch raises RuntimeError/ValueError for foreign files
-        raise ModelFileError(
-            f"{path} is not a loadable TorchScript file ({type(exc).__name__}: {exc})"
-        ) from None
-    raw = extra[TORCHSCRIPT_META_FILE]
-    if not raw:
-        raise ModelFileError(f"{path} is TorchScript but holds no segkit metadata ({TORCHSCRIPT_META_FILE})")
-    return json.loads(raw)
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:

@@ -23,17 +23,19 @@ import cv2
 import numpy as np
 import torch
 
+from segkit.formats.checkpoint import CheckpointError, description_of, load_checkpoint
+from segkit.formats.description import ModelDescription, ModelFileError
 from segkit.inference.backends import (
     Backend,
     ExecuTorchBackend,
-    ModelFileError,
-    ModelInfo,
     OnnxBackend,
     TorchBackend,
     TorchScriptBackend,
     check_batch_sizes,
     sniff_kind,
 )
+from segkit.labels import colorize
+from segkit.models.from_checkpoint import build_model_from_checkpoint
 
 #: Sizes of graphs without a fixed input size are padded to a multiple of this (the encoder's stride).
 PAD_MULTIPLE = 32
@@ -89,7 +91,9 @@ class Predictor:
     None), ``backend`` ('pytorch', 'onnxruntime', 'executorch' or 'torchscript'), ``info`` (all metadata).
     """
 
-    def __init__(self, backend: Backend, info: ModelInfo, input_size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, backend: Backend, info: ModelDescription, input_size: tuple[int, int] | None = None
+    ) -> None:
         if input_size is not None:
             input_size = (int(input_size[0]), int(input_size[1]))
             if info.input_size is not None and not info.dynamic and tuple(info.input_size) != input_size:
@@ -130,25 +134,22 @@ class Predictor:
             meta: dict[str, Any] = backend.meta  # type: ignore[attr-defined]
             if meta.get("format") != "segkit-onnx":
                 meta = {**_meta_from_onnx_signature(backend), **meta}  # a foreign graph: read its shapes
+            info = ModelDescription.from_dict(meta, source=path)
         elif kind == "executorch":
             backend = ExecuTorchBackend(path)
-            meta = backend.meta  # type: ignore[attr-defined]
+            info = ModelDescription.from_dict(backend.meta, source=path)  # type: ignore[attr-defined]
         elif kind == "torchscript":
             backend = TorchScriptBackend(path, device=device)
-            meta = backend.meta  # type: ignore[attr-defined]
+            info = ModelDescription.from_dict(backend.meta, source=path)  # type: ignore[attr-defined]
         else:
-            from segkit.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-
             try:
                 ckpt = load_checkpoint(path)
                 model = build_model_from_checkpoint(ckpt, use_ema=use_ema)
             except CheckpointError as exc:
                 raise ModelFileError(str(exc)) from None
-            meta = {k: ckpt[k] for k in ("class_names", "palette", "mean", "std", "input_size") if k in ckpt}
-            meta["model_name"] = ckpt["model_config"].get("name", "")
-            meta["dynamic"] = True
+            info = description_of(ckpt, source=path)
             backend = TorchBackend(model, device=device)
-        return cls(backend, ModelInfo.from_mapping(meta, source=path), input_size=size)
+        return cls(backend, info, input_size=size)
 
     @classmethod
     def from_model(
@@ -159,7 +160,7 @@ class Predictor:
         input_size: Sequence[int] | None = None,
     ) -> Predictor:
         """Wrap an in-memory model (e.g. during training) with checkpoint-style ``metadata``."""
-        info = ModelInfo.from_mapping({**(metadata or {}), "dynamic": True}, source="model")
+        info = ModelDescription.from_dict({**(metadata or {}), "dynamic": True}, source="model")
         size = (int(input_size[0]), int(input_size[1])) if input_size is not None else None
         return cls(TorchBackend(model, device=device), info, input_size=size)
 
@@ -229,9 +230,7 @@ class Predictor:
 
     def colorize(self, mask: np.ndarray) -> np.ndarray:
         """H x W x 3 RGB image of a trainId mask in this model's palette (unknown ids -> black)."""
-        lut = np.zeros((256, 3), dtype=np.uint8)
-        lut[: len(self.palette)] = self.palette
-        return lut[np.asarray(mask, dtype=np.uint8)]
+        return colorize(mask, self.palette)
 
     def __repr__(self) -> str:
         return (

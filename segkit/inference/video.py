@@ -203,7 +203,7 @@ def prepare_inference(
 
         # 4. only now the model
         if predictor is None:
-            from segkit.inference import Predictor
+            from segkit.inference.predictor import Predictor  # torch & co. load only after the checks
 
             predictor = Predictor.from_file(
                 checkpoint,

@@ -1,11 +1,9 @@
-"""MobileNetV3 blocks with searched expansion sizes: describe, shrink (weight transplant), rebuild, save.
+"""Shrink a MobileNetV3 model's blocks with exact weight transplant (NetAdapt's proposals).
 
-segkit's ``MobileNetV3Encoder`` builds its blocks from the fixed tables of the paper (times
-``width_mult``); it takes no per-block configuration. The search therefore works on a built model: it
-swaps single ``features[i]`` blocks for torchvision ``InvertedResidual`` blocks built from an
-``InvertedResidualConfig`` with smaller widths. Module names stay the same, so an
-adapted model is fully described by its base ``model_config`` plus per-block expansion and output widths
-(:func:`build_adapted_model`), and it saves, loads and exports like any other segkit model.
+A model's architecture is its block table (``encoder_params.blocks``, see
+:mod:`segkit.models.encoders.mobilenetv3`), so a shrunk model needs no special class or file: every
+function here returns a model whose ``model_config`` is the table of its new layers
+(:func:`segkit.models.architecture_config`), which saves, loads, exports and trains like any other.
 
 Two kinds of change, as in the paper's NetAdapt: a block's expansion (inner) width, which touches no
 other layer, and the bottleneck width of a residual group (:func:`shrink_group`), cut by the same
@@ -18,97 +16,25 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
-from torchvision.ops.misc import SqueezeExcitation
+from torchvision.models.mobilenetv3 import InvertedResidual
+from torchvision.ops.misc import Conv2dNormActivation
 
-#: a search result's key in a segkit checkpoint (next to the usual ``model_config``/``model``)
-SEARCH_KEY = "search"
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """The shape-defining fields of one inverted-residual block (Tables 1-2 of the paper).
-
-    ``stride`` is the nominal one of the config (2 for a dilated block that no longer downsamples).
-    """
-
-    input_channels: int
-    expanded_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    dilation: int
-    use_se: bool
-    activation: Literal["HS", "RE"]
-
-    def config(self) -> InvertedResidualConfig:
-        """torchvision's config for this block (``width_mult=1``: channels are already final)."""
-        for name in ("input_channels", "expanded_channels", "out_channels"):
-            c = getattr(self, name)
-            if c < 8 or c % 8:
-                raise ValueError(f"{name}={c}: MobileNetV3 channel counts must be multiples of 8 (>= 8)")
-        return InvertedResidualConfig(
-            self.input_channels,
-            self.kernel,
-            self.expanded_channels,
-            self.out_channels,
-            self.use_se,
-            self.activation,
-            self.stride,
-            self.dilation,
-            width_mult=1.0,
-        )
-
-    @property
-    def shrinkable(self) -> bool:
-        """Whether the block has an expansion conv whose width can be searched."""
-        return self.expanded_channels != self.input_channels
+from segkit.models import architecture_config, build_model_from_checkpoint
+from segkit.models.encoders.mobilenetv3 import BlockSpec, block_layers, block_spec, new_block
 
 
-@dataclass
-class _Parts:
-    expand: nn.Sequential | None
-    depthwise: nn.Sequential
-    se: SqueezeExcitation | None
-    project: nn.Sequential
-
-
-def _parts(block: InvertedResidual) -> _Parts:
-    layers = list(block.block)
-    se = next((m for m in layers if isinstance(m, SqueezeExcitation)), None)
-    convs = [m for m in layers if not isinstance(m, SqueezeExcitation)]
-    if len(convs) == 3:
-        return _Parts(convs[0], convs[1], se, convs[2])
-    if len(convs) == 2:
-        return _Parts(None, convs[0], se, convs[1])
-    raise ValueError(f"not a torchvision InvertedResidual layout: {len(convs)} conv layers")
-
-
-def block_spec(block: InvertedResidual) -> BlockSpec:
-    """Read a block's :class:`BlockSpec` back from its layers."""
-    if not isinstance(block, InvertedResidual):
-        raise TypeError(f"expected a torchvision InvertedResidual, got {type(block).__name__}")
-    p = _parts(block)
-    dw: nn.Conv2d = p.depthwise[0]
-    act = p.depthwise[2] if len(p.depthwise) > 2 else None
-    return BlockSpec(
-        input_channels=p.expand[0].in_channels if p.expand is not None else dw.in_channels,
-        expanded_channels=dw.out_channels,
-        out_channels=p.project[0].out_channels,
-        kernel=dw.kernel_size[0],
-        stride=2 if block._is_cn else 1,
-        dilation=dw.dilation[0],
-        use_se=p.se is not None,
-        activation="HS" if isinstance(act, nn.Hardswish) else "RE",
-    )
+def _parts(block: InvertedResidual) -> SimpleNamespace:
+    """The ``expand``, ``depthwise``, ``se`` and ``project`` layers of a block (expand/SE may be None)."""
+    expand, depthwise, se, project = block_layers(block)
+    return SimpleNamespace(expand=expand, depthwise=depthwise, se=se, project=project)
 
 
 def _norm_layer(block: InvertedResidual) -> Any:
@@ -116,10 +42,16 @@ def _norm_layer(block: InvertedResidual) -> Any:
     return partial(nn.BatchNorm2d, eps=bn.eps, momentum=bn.momentum)
 
 
-def new_block(spec: BlockSpec, like: InvertedResidual | None = None) -> InvertedResidual:
-    """A fresh (untrained) block of ``spec``, with ``like``'s BatchNorm settings when given."""
-    norm = _norm_layer(like) if like is not None else partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
-    return InvertedResidual(spec.config(), norm)
+def _new_block_like(spec: BlockSpec, like: InvertedResidual) -> InvertedResidual:
+    """A fresh block of ``spec`` with ``like``'s BatchNorm settings, on ``like``'s device."""
+    return new_block(spec, _norm_layer(like)).to(next(like.parameters()).device)
+
+
+def _with_config(model: nn.Module) -> nn.Module:
+    """``model`` with its ``model_config`` describing its current layers (the new block table)."""
+    if getattr(model, "model_config", None) is not None:
+        model.model_config = architecture_config(model)
+    return model
 
 
 def encoder_blocks(model: nn.Module) -> list[tuple[int, InvertedResidual]]:
@@ -207,7 +139,7 @@ def shrink_block(
     if not 8 <= expanded <= spec.expanded_channels:
         raise ValueError(f"expanded must be in 8..{spec.expanded_channels}, got {expanded}")
     keep = _top(channel_importance(block, norm), expanded)
-    out = new_block(replace(spec, expanded_channels=expanded), like=block).to(next(block.parameters()).device)
+    out = _new_block_like(replace(spec, expanded_channels=expanded), block)
     old, new = _parts(block), _parts(out)
     assert old.expand is not None and new.expand is not None
     _copy_conv(new.expand[0], old.expand[0].weight[keep])
@@ -237,15 +169,7 @@ def shrink_model(
     shrunk, keep = shrink_block(old, expanded, norm)
     out = copy.deepcopy(model)
     _features(out)[index] = shrunk
-    return out, keep
-
-
-def _plain_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(model_config, DictConfig):
-        return OmegaConf.to_container(model_config, resolve=True)  # type: ignore[return-value]
-    return copy.deepcopy(dict(model_config))
+    return _with_config(out), keep
 
 
 def apply_expansions(
@@ -285,112 +209,11 @@ def apply_expansions(
             )
         if target.out_channels != spec.out_channels and index in taps:
             raise ValueError(f"out_channels[{k}]: block {k}'s output is a decoder input; its width is fixed")
-        features[index] = new_block(target, like=block)
+        features[index] = _new_block_like(target, block)
     final = _final_conv(model)
     if final is not None and prev_out is not None and final[1][0].in_channels != prev_out:
         features[final[0]] = _sliced_final_conv(final[1], torch.arange(prev_out))
-    return model
-
-
-def build_adapted_model(
-    model_config: Mapping[str, Any], expansions: Sequence[int], outs: Sequence[int] | None = None
-) -> nn.Module:
-    """Build ``model_config`` (``segkit.models.build_model`` keys) with per-block widths.
-
-    ``expansions``: every block's expansion size; ``outs``: every block's output width (None: the
-    config's). Random initial weights (the base config's ``encoder_weights`` are not loaded: their
-    shapes differ); load a searched state dict into it.
-    """
-    from segkit.models import build_model
-
-    cfg = _plain_config(model_config)
-    cfg.pop("_target_", None)
-    cfg["encoder_weights"] = None
-    return apply_expansions(build_model(**cfg), expansions, outs)
-
-
-def adapted_config(model: nn.Module) -> dict[str, Any]:
-    """``{"model_config", "expanded_channels", "out_channels", "blocks"}``: what rebuilds ``model``."""
-    base = getattr(model, "model_config", None)
-    if base is None:
-        raise ValueError("model has no model_config: build it with segkit.models.build_model/create_model")
-    return {
-        "model_config": _plain_config(base),
-        "expanded_channels": expanded_channels(model),
-        "out_channels": out_channels(model),
-        "blocks": [asdict(block_spec(b)) for _, b in encoder_blocks(model)],
-    }
-
-
-def save_adapted(
-    path: str | os.PathLike, model: nn.Module, *, input_size: Sequence[int] | None = None, **extra: Any
-) -> Path:
-    """Write a segkit checkpoint of an adapted model (``search.expanded_channels`` beside the usual keys).
-
-    It loads like any segkit checkpoint (``Predictor.from_file``, ``python -m segkit.export``,
-    ``build_model_from_checkpoint``) or with :func:`load_adapted`.
-    """
-    from segkit.engine.checkpoint import model_metadata, save_checkpoint
-
-    cfg = adapted_config(model)
-    meta = model_metadata(cfg["model_config"], input_size=list(input_size) if input_size else None)
-    search = {"expanded_channels": cfg["expanded_channels"], "out_channels": cfg["out_channels"]}
-    payload = {**meta, "model": model.state_dict(), SEARCH_KEY: search}
-    payload.update(extra)
-    return save_checkpoint(path, payload)
-
-
-def load_adapted(path: str | os.PathLike) -> nn.Module:
-    """Rebuild and load a model written by :func:`save_adapted` (eval mode).
-
-    The same as ``build_model_from_checkpoint`` (which ``Predictor.from_file`` and the export command
-    use), but refuses a checkpoint that is not a searched model.
-    """
-    from segkit.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    search = ckpt.get(SEARCH_KEY)
-    if not isinstance(search, Mapping) or "expanded_channels" not in search:
-        raise ValueError(f"{path}: not a searched model (no '{SEARCH_KEY}.expanded_channels' entry)")
-    return build_model_from_checkpoint(ckpt)
-
-
-def export_adapted_onnx(
-    model: nn.Module, path: str | os.PathLike, *, input_size: Sequence[int], name: str | None = None
-) -> Path:
-    """Export an adapted model as a segkit ONNX file (float NCHW input, logits) the Predictor can load.
-
-    The metadata carries the usual keys plus ``expanded_channels``.
-    """
-    from segkit.data.cityscapes import IMAGENET_MEAN, IMAGENET_STD
-    from segkit.export.metadata import build_metadata
-    from segkit.export.onnx import ExportWrapper, export_onnx
-    from segkit.labels import CLASS_NAMES, PALETTE
-
-    cfg = adapted_config(model)
-    num_classes = int(cfg["model_config"].get("num_classes", len(CLASS_NAMES)))
-    class_names = (
-        list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_classes)]
-    )
-    palette = PALETTE if num_classes == len(CLASS_NAMES) else [[0, 0, 0]] * num_classes
-    meta = build_metadata(
-        model_name=name or cfg["model_config"].get("name") or "adapted",
-        class_names=class_names,
-        palette=palette,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        input_size=input_size,
-        dynamic=False,
-        preprocess=False,
-        argmax=False,
-        extra={"expanded_channels": cfg["expanded_channels"], "out_channels": cfg["out_channels"]},
-    )
-    wrapper = ExportWrapper(model, IMAGENET_MEAN, IMAGENET_STD)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return export_onnx(wrapper, path, input_size=input_size, metadata=meta)
+    return _with_config(model)
 
 
 # --- bottleneck (residual group) width --------------------------------------------------------------
@@ -478,7 +301,7 @@ def _sliced_block(
         input_channels=spec.input_channels if in_keep is None else len(in_keep),
         out_channels=spec.out_channels if out_keep is None else len(out_keep),
     )
-    out = new_block(new_spec, like=block).to(next(block.parameters()).device)
+    out = _new_block_like(new_spec, block)
     old_p, new_p = _parts(block), _parts(out)
     if (old_p.expand is None) != (new_p.expand is None):
         raise ValueError(f"new width would change the block's layout ({spec} -> {new_spec})")
@@ -497,8 +320,6 @@ def _sliced_block(
 
 
 def _sliced_final_conv(conv: nn.Module, in_keep: torch.Tensor) -> nn.Module:
-    from torchvision.ops.misc import Conv2dNormActivation
-
     c, bn = conv[0], conv[1]
     act = type(conv[2]) if len(conv) > 2 else None
     new = Conv2dNormActivation(
@@ -550,9 +371,18 @@ def shrink_group(
         features[group.consumer] = _sliced_block(consumer, keep, None)
     else:
         features[group.consumer] = _sliced_final_conv(consumer, keep)
-    return out, keep
+    return _with_config(out), keep
 
 
 def out_channels(model: nn.Module) -> list[int]:
     """The output (bottleneck) width of every block, in order."""
     return [block_spec(b).out_channels for _, b in encoder_blocks(model)]
+
+
+def load_adapted(path: str | os.PathLike) -> nn.Module:
+    """The model of a checkpoint written by a search, in eval mode.
+
+    Kept for existing callers: an adapted model is an ordinary checkpoint (its block table is in its
+    ``model_config``), so this is :func:`segkit.models.build_model_from_checkpoint`.
+    """
+    return build_model_from_checkpoint(path)

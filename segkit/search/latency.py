@@ -6,8 +6,8 @@
   to ONNX in a temporary folder and time onnxruntime, or time eager PyTorch; warm-up runs, then the
   median of ``runs`` timed runs with a fixed thread count.
 * :class:`LatencyTable` + :class:`TableLatency` follow NetAdapt: every inverted-residual block
-  configuration is timed once, in isolation, at its input resolution, and cached under
-  ``(in, exp, out, k, stride, dilation, se, act, H, W)``. A candidate's latency is then the sum of its
+  configuration is timed once, in isolation, at its input resolution, and cached under its
+  :class:`~segkit.models.BlockSpec` and input ``(H, W)``. A candidate's latency is then the sum of its
   blocks' entries plus a constant for everything else (stem, last conv, decoder, head). *Approximation:*
   it ignores effects between layers (cache reuse, operator fusion across blocks, scheduling); it is
   calibrated once against a measurement of the whole model so the absolute value is right for the
@@ -20,6 +20,7 @@ constant) for tests and for platform-independent searches.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -35,7 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from segkit.search.arch import BlockSpec, block_spec, encoder_blocks, new_block
+from segkit.inference.backends import OnnxBackend
+from segkit.models.encoders.mobilenetv3 import BlockSpec, block_spec, new_block
+from segkit.models.summary import count_madds
+from segkit.search.arch import encoder_blocks
 
 
 @runtime_checkable
@@ -115,8 +119,6 @@ class OnnxRuntimeMeter:
     opset: int = 17
 
     def __call__(self, model: nn.Module) -> float:
-        from segkit.inference.backends import OnnxBackend
-
         shape = _shape(self.input_shape)
         x = torch.randn(shape)
         was_training = model.training
@@ -146,33 +148,16 @@ class MAddsLatency:
     offset_ms: float = 0.0
 
     def __call__(self, model: nn.Module) -> float:
-        from segkit.models.summary import count_madds
-
         return self.offset_ms + count_madds(model, list(self.input_size))["total"] / 1e6 * self.ms_per_mmadd
 
 
-@dataclass(frozen=True)
-class BlockKey:
-    """A lookup-table key: the block's configuration and its input resolution."""
+#: a latency-table key: the block's :class:`~segkit.models.BlockSpec` and its input (height, width)
+TableKey = tuple[BlockSpec, int, int]
 
-    input_channels: int
-    expanded_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    dilation: int
-    use_se: bool
-    activation: str
-    height: int
-    width: int
 
-    @classmethod
-    def of(cls, spec: BlockSpec, hw: Sequence[int]) -> BlockKey:
-        return cls(**asdict(spec), height=int(hw[0]), width=int(hw[1]))
-
-    @property
-    def spec(self) -> BlockSpec:
-        return BlockSpec(**{f.name: getattr(self, f.name) for f in fields(BlockSpec)})  # type: ignore[arg-type]
+def table_key(spec: BlockSpec, hw: Sequence[int]) -> TableKey:
+    """The key of block ``spec`` run at input resolution ``hw``."""
+    return spec, int(hw[0]), int(hw[1])
 
 
 #: times one block: ``timer(block, input_shape) -> ms``
@@ -203,7 +188,7 @@ class LatencyTable:
     def __init__(self, timer: BlockTimer | None = None, path: str | os.PathLike | None = None) -> None:
         self.timer = timer or torch_block_timer()
         self.path = Path(path) if path is not None else None
-        self.entries: dict[BlockKey, float] = {}
+        self.entries: dict[TableKey, float] = {}
         self.hits = 0
         self.misses = 0
         if self.path is not None and self.path.is_file():
@@ -214,13 +199,13 @@ class LatencyTable:
 
     def lookup(self, spec: BlockSpec, hw: Sequence[int]) -> float:
         """The latency of block ``spec`` at input resolution ``hw``; timed (once) when not cached."""
-        key = BlockKey.of(spec, hw)
+        key = table_key(spec, hw)
         if key in self.entries:
             self.hits += 1
             return self.entries[key]
         self.misses += 1
         block = new_block(spec).eval()
-        ms = float(self.timer(block, (1, spec.input_channels, key.height, key.width)))
+        ms = float(self.timer(block, (1, spec.input_channels, key[1], key[2])))
         if not np.isfinite(ms) or ms < 0:
             raise ValueError(f"block timer returned {ms!r} ms for {key}")
         self.entries[key] = ms
@@ -232,7 +217,9 @@ class LatencyTable:
         if target is None:
             raise ValueError("LatencyTable.save needs a path (none given at construction)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{**asdict(k), "ms": v} for k, v in self.entries.items()]
+        rows = [
+            {**asdict(spec), "height": h, "width": w, "ms": ms} for (spec, h, w), ms in self.entries.items()
+        ]
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps({"format": self.FORMAT, "entries": rows}, indent=1) + "\n")
         os.replace(tmp, target)
@@ -246,19 +233,17 @@ class LatencyTable:
             raise ValueError(f"{path}: not a readable latency table ({exc})") from None
         if not isinstance(data, Mapping) or data.get("format") != self.FORMAT:
             raise ValueError(f"{path}: not a latency table (no 'format: {self.FORMAT}')")
-        names = [f.name for f in fields(BlockKey)]
+        names = [f.name for f in fields(BlockSpec)]
         for i, row in enumerate(data.get("entries", [])):
             try:
-                key = BlockKey(**{n: row[n] for n in names})
-                self.entries[key] = float(row["ms"])
+                spec = BlockSpec(**{n: row[n] for n in names})
+                self.entries[table_key(spec, (row["height"], row["width"]))] = float(row["ms"])
             except (KeyError, TypeError) as exc:
                 raise ValueError(f"{path}: entry {i} is malformed ({exc})") from None
 
 
 def block_input_sizes(model: nn.Module, input_size: Sequence[int]) -> list[tuple[int, int]]:
     """The input H x W of every inverted-residual block for a 1 x 3 x H x W image (a meta-device pass)."""
-    import copy
-
     sizes: dict[int, tuple[int, int]] = {}
     meta = copy.deepcopy(model).to("meta").eval()
     hooks = [
@@ -311,3 +296,41 @@ class TableLatency:
         blocks = sum(self.block_latencies(model))
         self.other_ms = max(0.0, measured - blocks)
         return {"measured_ms": measured, "blocks_ms": blocks, "other_ms": self.other_ms}
+
+
+#: ``latency.estimator`` values of the search commands
+ESTIMATORS = ("table", "onnx", "torch", "madds")
+
+
+def latency_estimator(
+    cfg: Mapping[str, Any], model: nn.Module, input_size: list[int], out: Path
+) -> tuple[Any, dict]:
+    """The latency estimator the config asks for, and a description of it (with the calibration)."""
+    lat = cfg["latency"]
+    kind = lat["estimator"]
+    shape = (1, 3, *input_size)
+    threads, warmup, runs = int(lat["threads"]), int(lat["warmup"]), int(lat["runs"])
+    meters = {
+        "onnx": lambda: OnnxRuntimeMeter(shape, threads=threads, warmup=warmup, runs=runs),
+        "torch": lambda: TorchMeter(shape, threads=threads, warmup=warmup, runs=runs),
+    }
+    info: dict[str, Any] = {"estimator": kind, "threads": threads, "warmup": warmup, "runs": runs}
+    if kind == "madds":
+        info["unit"] = "million multiply-adds (not ms)"
+        return MAddsLatency(input_size, ms_per_mmadd=1.0), info
+    if kind in meters:
+        return meters[kind](), info
+    if kind != "table":
+        raise ValueError(f"latency.estimator must be one of {list(ESTIMATORS)}, got {kind!r}")
+    timer_kind = lat["block_timer"]
+    timers = {"onnx": onnx_block_timer, "torch": torch_block_timer}
+    if timer_kind not in timers:
+        raise ValueError(f"latency.block_timer must be 'onnx' or 'torch', got {timer_kind!r}")
+    table_path = Path(lat["table"]) if lat["table"] else out / "latency_table.json"
+    table = LatencyTable(timers[timer_kind](threads=threads, warmup=warmup, runs=runs), path=table_path)
+    est = TableLatency(table, input_size)
+    info.update(
+        block_timer=timer_kind, table=str(table_path), calibration=est.calibrate(model, meters[timer_kind]())
+    )
+    info["whole_model_meter"] = meters[timer_kind]()
+    return est, info

@@ -16,37 +16,48 @@ the layer reading the group). Groups whose output feeds the decoder keep their w
 
     python -m segkit.search.netadapt [out=runs/netadapt] [iterations=3] [latency.estimator=table] ...
 
-(defaults and every key: ``conf/search/netadapt.yaml``; ``key=value`` arguments override them).
+(defaults and every key: ``conf/netadapt.yaml``; ``key=value`` arguments override them).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import json
 import math
 import os
+import platform
+import statistics
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from segkit.cli import Command, compose
+from segkit.export.onnx import ExportWrapper, export_onnx
+from segkit.formats.checkpoint import description_of, load_checkpoint, model_metadata, save_checkpoint
+from segkit.formats.description import ModelDescription
+from segkit.models import architecture_config, build_model, build_model_from_checkpoint
+from segkit.models.encoders.mobilenetv3 import block_spec, new_block
 from segkit.search.arch import (
     ResidualGroup,
-    adapted_config,
     apply_expansions,
-    block_spec,
     encoder_blocks,
     expanded_channels,
     group_forbidden_widths,
-    new_block,
     out_channels,
     residual_groups,
     shrink_group,
     shrink_model,
 )
+from segkit.search.latency import latency_estimator, torch_threads
+from segkit.search.proxy import ProxyTask, proxy_data, train_steps
 from segkit.search.reward import MOBILENETV3_W, reward
 
 HISTORY_FORMAT = "segkit-netadapt-history"
@@ -152,7 +163,7 @@ def largest_size_meeting(
         for e in candidate_sizes(
             spec.expanded_channels, spec.input_channels, divisor=divisor, min_channels=min_channels
         ):
-            features[index] = new_block(replace(spec, expanded_channels=e), like=old).eval()
+            features[index] = new_block(replace(spec, expanded_channels=e)).eval()
             lat = float(latency(model))
             if lat <= target_latency:
                 return e, lat
@@ -389,25 +400,144 @@ def netadapt(
         "stopped": stopped,
     }
     if getattr(current, "model_config", None) is not None:
-        history["adapted_config"] = adapted_config(current)
+        history["adapted_config"] = architecture_config(current)
     if history_path is not None:
         _write_json(Path(history_path), history)
     return NetAdaptResult(current, expanded_channels(current), history)
 
 
+# --------------------------------------------------------------------------- the command
+def load_config(argv: list[str]) -> DictConfig:
+    """``conf/netadapt.yaml`` composed with ``key=value`` overrides (an unknown key is a UsageError)."""
+    return compose("netadapt", argv)
+
+
+def _measure_pair(meter: Any, start: nn.Module, adapted: nn.Module, rounds: int = 3) -> dict[str, float]:
+    """Whole-model latency of both models, measured alternately (shared-machine load hits both alike)."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(float(meter(start)))
+        b.append(float(meter(adapted)))
+    return {"start_ms": statistics.median(a), "adapted_ms": statistics.median(b), "rounds": rounds}
+
+
+def save_adapted_model(
+    out: Path, model: nn.Module, description: ModelDescription, input_size: list[int]
+) -> dict[str, str]:
+    """Write the adapted model as ordinary files: a checkpoint, its model config and an ONNX graph.
+
+    ``adapted.pt`` is a segkit checkpoint like any other (its ``model_config`` holds the block table), so
+    ``Predictor.from_file``, ``python -m segkit.export`` and ``train_seg.py init_checkpoint=`` take it;
+    ``adapted.yaml`` is the model config alone (``segkit.create_model(path)``).
+    """
+    config = architecture_config(model)
+    description = description.replace(input_size=tuple(input_size))
+    ckpt = save_checkpoint(
+        out / "adapted.pt", {**model_metadata(config, description), "model": model.state_dict()}
+    )
+    yaml_path = out / "adapted.yaml"
+    yaml_config = OmegaConf.create({"_target_": "segkit.models.build_model", **config})
+    yaml_path.write_text(OmegaConf.to_yaml(yaml_config))
+    meta = description.replace(dynamic=False).to_dict()
+    wrapper = ExportWrapper(model, description.mean, description.std)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        onnx_path = export_onnx(wrapper, out / "adapted.onnx", input_size=input_size, metadata=meta)
+    return {"checkpoint": str(ckpt), "model_config": str(yaml_path), "onnx": str(onnx_path)}
+
+
+def run_search(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any]:
+    """Run the whole command for a resolved config; returns the summary also written to ``history.json``."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    input_size = [int(s) for s in cfg["input_size"]]
+    if len(input_size) != 2:
+        raise ValueError(f"input_size must be [H, W], got {cfg['input_size']}")
+    torch.manual_seed(int(cfg["seed"]))
+    tr = cfg["train"]
+    with torch_threads(int(tr["threads"])):
+        train_set, val_set = proxy_data(cfg["data"], out, log)
+        if cfg.get("init_checkpoint"):
+            ckpt = load_checkpoint(cfg["init_checkpoint"])
+            model = build_model_from_checkpoint(ckpt)
+            description = description_of(ckpt, source=cfg["init_checkpoint"])
+        else:
+            model = build_model(**{k: v for k, v in cfg["model"].items() if k != "_target_"})
+            description = ModelDescription(model_name=model.model_config.get("name") or "")
+        num_classes = int(model.model_config["num_classes"])
+        bs, lr, seed = int(tr["batch_size"]), float(tr["lr"]), int(cfg["seed"])
+        task = ProxyTask(train_set, val_set, lr=lr, batch_size=bs, seed=seed, num_classes=num_classes)
+        t0 = time.perf_counter()
+        loss = train_steps(model, train_set, int(tr["pretrain_steps"]), lr=lr, batch_size=bs, seed=seed)
+        took = time.perf_counter() - t0
+        log(f"pre-trained {tr['pretrain_steps']} steps (last loss {loss:.3f}) in {took:.1f} s")
+
+        latency, lat_info = latency_estimator(cfg, model, input_size, out)
+        whole = lat_info.pop("whole_model_meter", None)
+        if "calibration" in lat_info:
+            log(f"latency table calibration: {lat_info['calibration']}")
+        start = float(latency(model))
+        sc = cfg["search"]
+        target = float(sc["target"]) * start if sc["target"] is not None else None
+
+        t0 = time.perf_counter()
+        result = netadapt(
+            model,
+            latency=latency,
+            fine_tune=lambda m, steps: task.fine_tune(m, steps, seed_offset=1, lr_scale=0.5),
+            evaluate=task.evaluate,
+            iterations=int(sc["iterations"]),
+            step=float(sc["step"]) * start,
+            decay=float(sc["decay"]),
+            target=target,
+            fine_tune_steps=int(tr["fine_tune_steps"]),
+            criterion=sc["criterion"],
+            w=float(sc["w"]),
+            norm=sc["norm"],
+            blocks=sc["blocks"],
+            bottlenecks=bool(sc["bottlenecks"]),
+            divisor=int(sc["divisor"]),
+            min_channels=int(sc["min_channels"]),
+            history_path=out / "history.json",
+            log=log,
+        )
+        search_s = time.perf_counter() - t0
+        adapted = result.model
+        task.fine_tune(adapted, int(tr["final_steps"]), seed_offset=2, lr_scale=0.5)
+        final_miou = task.evaluate(adapted)
+        if hasattr(latency, "table"):
+            latency.table.save()
+        history = result.history
+        history["run"] = {
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+            "processor": platform.processor() or platform.machine(),
+            "config": cfg,
+            "latency": lat_info,
+            "search_seconds": search_s,
+            "after_final_fine_tune": {"steps": int(tr["final_steps"]), "miou": final_miou},
+        }
+        if whole is not None:  # the table's prediction checked against a real measurement
+            history["run"]["measured"] = _measure_pair(whole, model, adapted)
+        history["run"]["outputs"] = save_adapted_model(out, adapted, description, input_size)
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    log(f"wrote {out / 'history.json'} and {', '.join(history['run']['outputs'].values())}")
+    return history
+
+
+COMMAND = Command(
+    prog="python -m segkit.search.netadapt",
+    config_name="netadapt",
+    usage="[out=<dir>] [model=<name>] [init_checkpoint=<.pt>] [search.target=0.75] [key=value ...]",
+    run=lambda cfg: run_search(cfg) and 0,
+    user_errors=(ValueError, FileNotFoundError),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``key=value`` overrides of ``conf/search/netadapt.yaml``; exit 2 on a bad argument."""
-    import sys
-
-    from segkit.search.run import load_config, run_search
-
-    try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_search(cfg)
-    return 0
+    """CLI: ``key=value`` overrides of ``conf/netadapt.yaml``; a mistake is one line and exit 2."""
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

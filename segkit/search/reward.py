@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
+from omegaconf.errors import MissingMandatoryValue
+
+from segkit.cli import Command
 
 #: the weight of "Searching for MobileNetV3" (Sec. 4) for its small mobile models
 MOBILENETV3_W = -0.15
@@ -90,27 +92,24 @@ def best_by_reward(
     return i, candidates[i], float(rewards[i])
 
 
+def _run(cfg: Any) -> int:
+    args = {k: float(cfg[k]) for k in ("acc", "latency", "target", "w")}
+    print(json.dumps({**args, "reward": reward(args["acc"], args["latency"], args["target"], args["w"])}))
+    return 0
+
+
+COMMAND = Command(
+    prog="python -m segkit.search.reward",
+    config_name="reward",
+    usage="acc=<float> latency=<float> target=<float> [w=-0.15]",
+    run=_run,
+    user_errors=(ValueError, MissingMandatoryValue),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``acc=... latency=... target=... [w=...]``; prints the reward and its inputs as JSON."""
-    usage = "usage: python -m segkit.search.reward acc=<float> latency=<float> target=<float> [w=-0.15]"
-    args: dict[str, float] = {"w": MOBILENETV3_W}
-    for arg in sys.argv[1:] if argv is None else argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in ("acc", "latency", "target", "w"):
-            raise SystemExit(f"{usage}\nunknown argument {arg!r}")
-        try:
-            args[key] = float(value)
-        except ValueError:
-            raise SystemExit(f"{key} must be a number, got {value!r}") from None
-    missing = [k for k in ("acc", "latency", "target") if k not in args]
-    if missing:
-        raise SystemExit(f"{usage}\nmissing: {', '.join(missing)}")
-    try:
-        r = reward(args["acc"], args["latency"], args["target"], args["w"])
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    print(json.dumps({**args, "reward": r}))
-    return 0
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":
