@@ -13,12 +13,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from segkit.config import CONF_DIR
+
 log = logging.getLogger("infer_seg")
 
 
-@hydra.main(config_path="conf", config_name="infer", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from segkit.engine.checkpoint import CheckpointError
+    from segkit.formats.checkpoint import CheckpointError
     from segkit.inference.video import format_summary, prepare_inference
 
     try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from segkit.config import CONF_DIR
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from segkit.engine import train
 

@@ -1,4 +1,8 @@
-"""Where segkit's Hydra configs live, and how library code loads one group file without Hydra's app."""
+"""Where segkit's Hydra configs live, and how library code loads one group file without Hydra's app.
+
+The configs are package data (``segkit/conf/``, also reachable as ``conf/`` at the repository root), so
+an installed wheel has them and ``segkit.create_model(...)`` works from any folder.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-#: The repository's ``conf/`` folder (override with SEGKIT_CONF_DIR for an installed copy elsewhere).
-CONF_DIR = Path(os.environ.get("SEGKIT_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+#: segkit's config folder, shipped inside the package (SEGKIT_CONF_DIR points elsewhere, e.g. a copy a
+#: user edits).
+CONF_DIR = Path(os.environ.get("SEGKIT_CONF_DIR") or Path(__file__).resolve().parent / "conf")
 
 
 def group_options(group: str) -> list[str]:

@@ -7,24 +7,26 @@ lights, cars, persons, and the void ego-vehicle bonnet) described as polygons in
 and the RGB image is painted from the same polygons with class-dependent colours, textures and noise, so
 a model can learn it. Everything is a pure function of the seed: same seed, byte-identical files.
 
-Usage::
+Usage (``conf/sample.yaml``; the older ``--out <dir> --train 24`` flags work too)::
 
-    python -m segkit.data.sample --out datasets/cityscapes_sample --train 24 --val 8 --height 256 --width 512
+    python -m segkit.data.sample out=datasets/cityscapes_sample train=24 val=8 height=256 width=512
 
 Test-split labels are void-only, like the official release (its test annotations are withheld).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
+
+from segkit.cli import Command
 
 #: Real Cityscapes city names per split (the sample uses the first few of each).
 CITIES: dict[str, tuple[str, ...]] = {
@@ -432,21 +434,28 @@ def generate_sample(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m segkit.data.sample", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="datasets/cityscapes_sample", help="dataset root to write")
-    parser.add_argument("--train", type=int, default=24, help="number of train images")
-    parser.add_argument("--val", type=int, default=8, help="number of val images")
-    parser.add_argument("--test", type=int, default=0, help="number of test images (void-only labels)")
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    a = parser.parse_args(argv)
-    root = generate_sample(
-        a.out, train=a.train, val=a.val, test=a.test, height=a.height, width=a.width, seed=a.seed
-    )
-    print(f"wrote {a.train} train, {a.val} val, {a.test} test images ({a.height}x{a.width}) to {root}")
+def _run(cfg: Any) -> int:
+    sizes = {k: int(cfg[k]) for k in ("train", "val", "test", "height", "width", "seed")}
+    root = generate_sample(cfg.out, **sizes)
+    counts = f"{cfg.train} train, {cfg.val} val, {cfg.test} test images ({cfg.height}x{cfg.width})"
+    print(f"wrote {counts} to {root}")
+    return 0
+
+
+COMMAND = Command(
+    prog="python -m segkit.data.sample",
+    config_name="sample",
+    usage="[out=<dir>] [train=24] [val=8] [test=0] [height=256] [width=512] [seed=0]",
+    run=_run,
+    user_errors=(ValueError, OSError),
+    legacy_flags={f"--{k}": k for k in ("out", "train", "val", "test", "height", "width", "seed")},
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``key=value`` overrides of ``conf/sample.yaml`` (the older ``--out <dir> --train 24`` too)."""
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,45 +1,48 @@
-"""``python -m segkit.export checkpoint=<last.pt> output=<model.onnx> [key=value ...]`` (conf/export.yaml)."""
+"""``python -m segkit.export checkpoint=<last.pt> output=<model.onnx> [key=value ...]`` (conf/export.yaml).
+
+Exit status: 0 every file written and verified; 1 a verification failed (the report says by how much);
+2 a mistake in the arguments, the checkpoint or a dataset path (nothing verified was written).
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from segkit.config import CONF_DIR
+from segkit.cli import Command, compose
+from segkit.formats.description import ModelFileError
 
 
 def load_config(argv: list[str]) -> dict:
-    """conf/export.yaml merged with ``key=value`` overrides; unknown keys are an error naming the key."""
-    base = OmegaConf.load(CONF_DIR / "export.yaml")
-    OmegaConf.set_struct(base, True)
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ValueError(f"arguments must be key=value, got {bad}")
-    try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"bad option: {exc}".splitlines()[0]) from None
-    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+    """conf/export.yaml composed with ``key=value`` overrides (an unknown key is a UsageError)."""
+    return OmegaConf.to_container(compose("export", argv), resolve=True)  # type: ignore[return-value]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from segkit.engine.checkpoint import CheckpointError
-    from segkit.export.api import export_checkpoint
+def _run(cfg: Any) -> int:
+    from segkit.export.api import export_checkpoint  # after parsing: --help and typos stay fast
     from segkit.export.verify import VerificationError
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print((CONF_DIR / "export.yaml").read_text())
-        return 0
     try:
-        export_checkpoint(load_config(argv))
-    except (VerificationError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        export_checkpoint(OmegaConf.to_container(cfg, resolve=True))
+    except VerificationError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+COMMAND = Command(
+    prog="python -m segkit.export",
+    config_name="export",
+    usage="checkpoint=<.pt> output=<.onnx> [quantize=int8] [mobile=executorch] [key=value ...]",
+    run=_run,
+    user_errors=(ModelFileError, ValueError, FileNotFoundError),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":
