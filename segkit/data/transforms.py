@@ -130,6 +130,42 @@ def build_transform(node: Mapping[str, Any] | DictConfig) -> Transform:
     return instantiate(node, _convert_="all")
 
 
+#: transforms that normalise the image; their mean/std must be the augment config's ``mean``/``std``
+NORMALIZE_TARGETS = ("segkit.data.transforms.FastNormalize", "albumentations.Normalize")
+
+
+def normalization(cfg: Mapping[str, Any] | DictConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The augment config's ``(mean, std)``: the one normalisation value of a run.
+
+    The pipelines' normalise steps read it (``mean: ${....mean}``), every checkpoint records it and the
+    Predictor applies it, so what inference feeds the model is what training fed it.
+    """
+    missing = [k for k in ("mean", "std") if cfg.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"augment config lacks {missing}: it states the normalisation once, e.g. mean: [0.485, 0.456, "
+            "0.406] and std: [0.229, 0.224, 0.225] (ImageNet's)"
+        )
+    mean = tuple(float(m) for m in cfg["mean"])
+    std = tuple(float(s) for s in cfg["std"])
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"augment.mean and augment.std must be 3 values each (std > 0), got {mean}, {std}")
+    return mean, std
+
+
+def _check_normalization(pipeline: Any, where: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """A normalise step with its own numbers would train on one normalisation and record another."""
+    for i, step in enumerate(pipeline.get("transforms") or []):
+        if isinstance(step, Mapping) and step.get("_target_") in NORMALIZE_TARGETS:
+            got = tuple(float(m) for m in step.get("mean", ())), tuple(float(s) for s in step.get("std", ()))
+            if not (np.allclose(got[0], mean) and np.allclose(got[1], std)):
+                raise ValueError(
+                    f"augment.{where}.transforms[{i}] normalises with mean={list(got[0])} std={list(got[1])} "
+                    f"but augment.mean/std are {list(mean)}/{list(std)}: write mean: ${{....mean}} and "
+                    "std: ${....std} so the pipeline uses the one normalisation the checkpoint records"
+                )
+
+
 def build_transforms(cfg: str | Mapping[str, Any] | DictConfig) -> tuple[Transform, Transform]:
     """``(train_transform, val_transform)`` from an augment config or the name of one in ``conf/augment``.
 
@@ -143,4 +179,8 @@ def build_transforms(cfg: str | Mapping[str, Any] | DictConfig) -> tuple[Transfo
     missing = [k for k in ("train", "val") if k not in cfg]
     if missing:
         raise KeyError(f"augment config lacks {missing}: it needs a 'train' and a 'val' pipeline")
+    mean, std = normalization(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for where in ("train", "val"):
+        _check_normalization(plain[where], where, mean, std)
     return build_transform(cfg.train), build_transform(cfg.val)
