@@ -7,7 +7,7 @@ SAMPLE := datasets/cityscapes_sample
 DEMO_OUT := demo_out
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint demo sample clean
+.PHONY: install test test-fast lint demo sample clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ lint: install
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# the edit-test loop: everything but the tests marked slow (subprocess commands, DDP, export fixtures)
+test-fast: install lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 sample: install
 	$(PY) -m segkit.data.sample --out $(SAMPLE) --train 24 --val 8 --height 256 --width 512 --seed 0

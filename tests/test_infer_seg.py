@@ -20,6 +20,8 @@ from segkit import labels
 from segkit.config import load_group
 from segkit.engine.checkpoint import model_metadata, save_checkpoint
 
+pytestmark = pytest.mark.slow  # subprocess commands, several processes or export fixtures
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lraspp_mobilenetv3_small"
 

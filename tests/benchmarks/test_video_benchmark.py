@@ -9,7 +9,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocess commands, several processes or export fixtures
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_video_benchmark_reports_all_three_modes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

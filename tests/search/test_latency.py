@@ -12,7 +12,6 @@ from segkit.models import create_model
 from segkit.models.summary import count_madds
 from segkit.search.arch import block_spec, encoder_blocks, shrink_model
 from segkit.search.latency import (
-    BlockKey,
     LatencyMeter,
     LatencyTable,
     MAddsLatency,
@@ -21,6 +20,7 @@ from segkit.search.latency import (
     TorchMeter,
     block_input_sizes,
     median_ms,
+    table_key,
 )
 
 SIZE = (64, 128)
@@ -79,15 +79,9 @@ def test_table_caches_by_block_config_and_resolution(tiny, tmp_path) -> None:
     new = est.block_latencies(shrunk)
     assert len(timer.calls) == 10 and timer.calls[-1] == (1, 16, 4, 8)
     assert new[4] < per_block[4] and new[:4] + new[5:] == per_block[:4] + per_block[5:]
-    key = BlockKey.of(block_spec(encoder_blocks(shrunk)[4][1]), (4, 8))
-    assert (key.expanded_channels, key.height, key.width, key.use_se, key.activation) == (
-        56,
-        4,
-        8,
-        True,
-        "HS",
-    )
-    assert key.spec == block_spec(encoder_blocks(shrunk)[4][1])
+    spec, h, w = key = table_key(block_spec(encoder_blocks(shrunk)[4][1]), (4, 8))
+    assert (spec.expanded_channels, h, w, spec.use_se, spec.activation) == (56, 4, 8, True, "HS")
+    assert key in table.entries  # the table keys by the models' own BlockSpec plus the input size
     # save / reload: a fresh table with the same file needs no timing at all
     path = table.save(tmp_path / "table.json")
     data = json.loads(path.read_text())

@@ -18,7 +18,9 @@ from segkit.config import CONF_DIR
 from segkit.engine import train
 from segkit.engine.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocess commands, several processes or export fixtures
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(root: Path, *overrides: str):

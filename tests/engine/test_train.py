@@ -20,7 +20,7 @@ from segkit.engine.checkpoint import CheckpointError, load_checkpoint
 from segkit.engine.trainer import TrainStep
 from segkit.labels import CLASS_NAMES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(root: Path | str, *overrides: str, experiment: str = "smoke"):
@@ -35,6 +35,7 @@ def _val_pixels(root: Path) -> int:
     return sum(int((np.asarray(Image.open(f)) != 255).sum()) for f in files)
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_outputs(sample_root: Path, tmp_path: Path) -> None:
     cfg = _cfg(
         sample_root,
@@ -137,6 +138,7 @@ def test_adamw_option_builds_adamw(sample_root: Path, tmp_path: Path) -> None:
     assert ckpt["scheduler"]["last_epoch"] == 4 and ckpt["optimizer"]["state"]  # smoke: 4 steps
 
 
+@pytest.mark.slow
 def test_cli_multirun_sweeps_lr(sample_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     cmd = [
@@ -172,3 +174,90 @@ def test_bf16_autocast_on_cpu(sample_root: Path, tmp_path: Path) -> None:
         losses[amp] = [json.loads(line)["loss"] for line in lines]
     assert losses["bf16"][0] == pytest.approx(losses["none"][0], rel=0.05)
     assert losses["bf16"] != losses["none"]
+
+
+def test_the_augment_normalisation_reaches_the_pipeline_the_checkpoint_and_the_predictor(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    from segkit.data.transforms import FastNormalize, build_transforms
+    from segkit.inference import Predictor
+
+    mean, std = [0.5, 0.25, 0.75], [0.2, 0.3, 0.4]
+    cfg = _cfg(sample_root, "train.iters=2", f"augment.mean={mean}", f"augment.std={std}")
+    train_tf, val_tf = build_transforms(cfg.augment)
+    for tf in (train_tf, val_tf):
+        (norm,) = [t for t in tf.transforms if isinstance(t, FastNormalize)]
+        assert list(norm.mean) == mean and list(norm.std) == std  # the pipeline reads the one value
+    train(cfg, output_dir=tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    assert ckpt["mean"] == mean and ckpt["std"] == std  # what training used, not ImageNet's
+    pred = Predictor.from_file(path)
+    assert list(pred.info.mean) == mean and list(pred.info.std) == std
+    # the Predictor feeds the model exactly the tensor this normalisation gives
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    from segkit.models import build_model_from_checkpoint
+
+    model = build_model_from_checkpoint(path)
+    x = (
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]
+    ) / torch.tensor(std)[:, None, None]
+    with torch.no_grad():
+        expected = model(x[None])[0].numpy()
+    np.testing.assert_allclose(pred.logits(rgb), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_pipeline_normalising_differently_from_augment_mean_is_refused(sample_root: Path) -> None:
+    from segkit.data.transforms import build_transforms
+
+    cfg = _cfg(sample_root, "augment.val.transforms.0.mean=[0.1,0.1,0.1]")
+    with pytest.raises(ValueError, match=r"augment\.val\.transforms\[0\] normalises with mean=\[0\.1"):
+        build_transforms(cfg.augment)
+
+
+@pytest.mark.slow
+def test_a_netadapt_checkpoint_predicts_exports_and_trains_without_search_code(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    """The search writes an ordinary checkpoint: a fresh process loads, exports and fine-tunes it (then
+    resumes that run) and never imports segkit.search."""
+    from segkit.formats import ModelDescription
+    from segkit.models import create_model
+    from segkit.search.arch import shrink_model
+    from segkit.search.netadapt import save_adapted_model
+
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenetv3_small", encoder_params={"width_mult": 0.5}).eval()
+    shrunk, _ = shrink_model(model, 4, 48)
+    out = tmp_path / "netadapt"
+    out.mkdir()
+    files = save_adapted_model(out, shrunk, ModelDescription(model_name="small"), [64, 128])
+    onnx_path, run_dir = tmp_path / "m.onnx", tmp_path / "run"
+    script = f"""
+import sys, json, numpy as np
+from segkit.inference import Predictor
+from segkit.export import export_checkpoint
+from segkit.export.__main__ import load_config
+from segkit.engine import train
+from segkit.cli import compose
+ckpt = {files["checkpoint"]!r}
+mask = Predictor.from_file(ckpt).predict(np.zeros((64, 128, 3), np.uint8))
+args = ["checkpoint=" + ckpt, "output={onnx_path}", "verify.root={sample_root}", "verify.images=2"]
+report = export_checkpoint(load_config(args), log=lambda m: None)
+def run(*extra):
+    base = ["experiment=smoke", "dataset.root={sample_root}", "init_checkpoint=" + ckpt, "train.iters=4"]
+    return train(compose("config", [*base, *extra]), output_dir={str(run_dir)!r})
+first = run("train.stop_after=2")
+second = run("resume=true")
+found = [m for m in sys.modules if m.startswith("segkit.search")]
+result = dict(mask=list(mask.shape), passed=report["passed"], steps=[first["step"], second["step"]])
+print(json.dumps(dict(result, search=found)))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"mask": [64, 128], "passed": True, "steps": [2, 4], "search": []}
+    resumed = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert resumed["model_config"]["encoder_params"]["blocks"][4][1] == 48  # the adapted table, trained on

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.models import create_model
+from segkit.formats.description import IMAGENET_MEAN, IMAGENET_STD
+from segkit.labels import CLASS_NAMES, PALETTE
+from segkit.models import build_model, create_model
 from segkit.models.summary import count_madds
-from segkit.search.arch import build_adapted_model, expanded_channels, shrink_model
+from segkit.search.arch import expanded_channels, shrink_model
 from segkit.search.latency import LatencyTable, TableLatency
 from segkit.search.netadapt import (
     HISTORY_FORMAT,
@@ -164,9 +166,10 @@ def test_netadapt_search_with_deterministic_latency(tiny, tmp_path) -> None:
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["format"] == HISTORY_FORMAT and saved["settings"]["criterion"] == "ratio"
     assert saved["iterations"] == json.loads(json.dumps(its)) and saved["final"] == hist["final"]
-    assert saved["adapted_config"]["expanded_channels"] == result.expanded_channels
-    # the searched model rebuilds from its config, loads its weights and runs
-    rebuilt = build_adapted_model(saved["adapted_config"]["model_config"], result.expanded_channels)
+    blocks = saved["adapted_config"]["encoder_params"]["blocks"]
+    assert [row[1] for row in blocks] == result.expanded_channels
+    # the searched model is an ordinary model config: it rebuilds, loads its weights and runs
+    rebuilt = build_model(**{k: v for k, v in saved["adapted_config"].items() if k != "_target_"})
     rebuilt.load_state_dict(result.model.state_dict())
     x = torch.randn(1, 3, *SIZE)
     with torch.no_grad():
@@ -174,8 +177,9 @@ def test_netadapt_search_with_deterministic_latency(tiny, tmp_path) -> None:
 
 
 def test_netadapt_bottleneck_proposal_of_a_residual_group(tiny, tmp_path) -> None:
+    from segkit.export import ExportWrapper, build_metadata, export_onnx
     from segkit.inference import Predictor
-    from segkit.search.arch import export_adapted_onnx, out_channels, residual_groups
+    from segkit.search.arch import out_channels, residual_groups
 
     (group,) = residual_groups(tiny)  # the reduced tail: block 8 makes 16 channels, 9 and 10 add to them
     assert (group.blocks, group.channels) == ((8, 9, 10), 16)
@@ -197,9 +201,14 @@ def test_netadapt_bottleneck_proposal_of_a_residual_group(tiny, tmp_path) -> Non
     assert est(res.model) == pytest.approx(bott["latency"])
     # the narrower model rebuilds from its adapted config and exports for the predictor
     cfg = res.history["adapted_config"]
-    rebuilt = build_adapted_model(cfg["model_config"], cfg["expanded_channels"], cfg["out_channels"])
+    rebuilt = build_model(**{k: v for k, v in cfg.items() if k != "_target_"})
     rebuilt.load_state_dict(res.model.state_dict())
-    path = export_adapted_onnx(rebuilt, tmp_path / "narrow.onnx", input_size=SIZE)
+    meta = build_metadata(
+        model_name="narrow", class_names=CLASS_NAMES, palette=PALETTE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        input_size=SIZE, dynamic=False, preprocess=False, argmax=False,
+    )  # fmt: skip
+    wrapper = ExportWrapper(rebuilt, IMAGENET_MEAN, IMAGENET_STD)
+    path = export_onnx(wrapper, tmp_path / "narrow.onnx", input_size=SIZE, metadata=meta)
     pred = Predictor.from_file(path, threads=1)
     x = np.random.default_rng(0).integers(0, 255, (*SIZE, 3), dtype=np.uint8)
     probs = pred.probabilities(x)
@@ -253,11 +262,12 @@ def test_netadapt_rejects_bad_arguments(tiny, kwargs, match) -> None:
         netadapt(tiny, iterations=1, **{"step": 0.1, **args, **kwargs})
 
 
+@pytest.mark.slow
 def test_cli_small_search_with_real_latency(tmp_path) -> None:
     out = tmp_path / "run"
     args = [
         f"out={out}",
-        "model_overrides.encoder_params.width_mult=0.35",
+        "model.encoder_params.width_mult=0.35",
         "input_size=[64,128]",
         "data.sample={train: 2, val: 1, height: 64, width: 128, seed: 0}",
         "train.pretrain_steps=2",
@@ -287,6 +297,11 @@ def test_cli_small_search_with_real_latency(tmp_path) -> None:
 
     model = load_adapted(out / "adapted.pt")
     assert expanded_channels(model) == hist["final"]["expanded_channels"]
+    # the outputs are ordinary files: the checkpoint's config is the block table, the YAML builds it
+    from segkit.models import create_model
+
+    from_yaml = create_model(out / "adapted.yaml")
+    from_yaml.load_state_dict(model.state_dict())
     pred = Predictor.from_file(out / "adapted.onnx", threads=1)
     mask = pred.predict(np.zeros((64, 128, 3), np.uint8))
     assert mask.shape == (64, 128) and mask.dtype == np.uint8

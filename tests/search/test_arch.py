@@ -1,4 +1,4 @@
-"""Shrinking MobileNetV3 blocks: specs, exact weight transplant, rebuild from expansions, save/load/export."""
+"""Shrinking MobileNetV3 blocks: specs, exact weight transplant, and the result as an ordinary block table."""
 
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from segkit.engine.checkpoint import build_model_from_checkpoint
+from segkit.formats.checkpoint import model_metadata, save_checkpoint
 from segkit.inference import Predictor
-from segkit.models import create_model
+from segkit.models import architecture_config, build_model, build_model_from_checkpoint, create_model
+from segkit.models.encoders.mobilenetv3 import block_layers, block_spec
 from segkit.search.arch import (
-    _parts,
-    adapted_config,
-    block_spec,
-    build_adapted_model,
+    apply_expansions,
     encoder_blocks,
     expanded_channels,
     load_adapted,
-    save_adapted,
     shrink_block,
     shrink_model,
 )
@@ -30,6 +27,21 @@ SMALL_035 = {"encoder_params": {"width_mult": 0.35}}
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
     return _with_batchnorm_statistics(create_model("lraspp_mobilenetv3_small", **SMALL_035).eval())
+
+
+def _parts(block):
+    from types import SimpleNamespace
+
+    expand, depthwise, se, project = block_layers(block)
+    return SimpleNamespace(expand=expand, depthwise=depthwise, se=se, project=project)
+
+
+def rebuild(model: torch.nn.Module) -> torch.nn.Module:
+    """The model its own ``model_config`` builds, with its weights loaded strictly (same names, shapes)."""
+    config = {k: v for k, v in model.model_config.items() if k != "_target_"}
+    rebuilt = build_model(**config)
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt.eval()
 
 
 def _with_batchnorm_statistics(model: torch.nn.Module) -> torch.nn.Module:
@@ -122,38 +134,41 @@ def test_shrink_rejects_bad_sizes(tiny) -> None:
         shrink_model(tiny, 11, 16)
 
 
-def test_rebuild_save_load_and_export(tiny, tmp_path) -> None:
-    shrunk, _ = shrink_model(tiny, 4, 40)
+def test_a_shrunk_model_is_an_ordinary_block_table_and_checkpoint(tiny, tmp_path) -> None:
+    shrunk, _ = shrink_model(tiny, 4, 48)
     shrunk, _ = shrink_model(shrunk, 9, 56)
-    cfg = adapted_config(shrunk)
-    assert cfg["expanded_channels"] == [8, 24, 32, 32, 40, 88, 40, 48, 104, 56, 104]
-    assert cfg["blocks"][9]["expanded_channels"] == 56
-    rebuilt = build_adapted_model(cfg["model_config"], cfg["expanded_channels"])
-    rebuilt.load_state_dict(shrunk.state_dict())  # strict: same names and shapes
-    path = save_adapted(tmp_path / "adapted.pt", shrunk, input_size=[64, 128])
-    loaded = load_adapted(path)
+    assert expanded_channels(shrunk) == [8, 24, 32, 32, 48, 88, 40, 48, 104, 56, 104]
+    table = shrunk.model_config["encoder_params"]
+    assert table["blocks"][4] == [5, 48, 16, True, "HS", 1]  # 40 x 0.35 -> 16
+    assert table["blocks"][9][1] == 56 and (table["width_mult"], table["reduced_tail"]) == (1.0, False)
+    assert shrunk.model_config == architecture_config(shrunk)
+    assert tiny.model_config["encoder_params"].get("blocks") is None  # the original is left as it was
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
         ref = shrunk.eval()(x)
-        torch.testing.assert_close(loaded(x), ref)
-        # the generic loader (Predictor, export command) rebuilds the searched widths as well
+        torch.testing.assert_close(rebuild(shrunk)(x), ref)
+    path = save_checkpoint(
+        tmp_path / "adapted.pt", {**model_metadata(shrunk.model_config), "model": shrunk.state_dict()}
+    )
+    with torch.no_grad():  # any loader rebuilds the table: models, the search's compat name, the Predictor
         torch.testing.assert_close(build_model_from_checkpoint(path)(x), ref)
+        torch.testing.assert_close(load_adapted(path)(x), ref)
     assert ref.shape == (1, 19, 64, 128)
     rgb = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
     pred = Predictor.from_file(path)
     assert pred.backend == "pytorch"
-    np.testing.assert_array_equal(pred.predict(rgb), Predictor.from_model(loaded).predict(rgb))
+    np.testing.assert_array_equal(pred.predict(rgb), Predictor.from_model(shrunk).predict(rgb))
     onnx_path = tmp_path / "adapted.onnx"
     with torch.no_grad():
-        torch.onnx.export(loaded, (x,), str(onnx_path), dynamo=False, opset_version=17, input_names=["image"])
+        torch.onnx.export(shrunk, (x,), str(onnx_path), dynamo=False, opset_version=17, input_names=["image"])
     out = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
         None, {"image": x.numpy()}
     )
     torch.testing.assert_close(torch.from_numpy(out[0]), ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="11 blocks"):
-        build_adapted_model(cfg["model_config"], [8, 24])
+        apply_expansions(rebuild(shrunk), [8, 24])
     with pytest.raises(ValueError, match=r"block 0: widths 8->16->8 would change its layout"):
-        build_adapted_model(cfg["model_config"], [16] + cfg["expanded_channels"][1:])
+        apply_expansions(rebuild(shrunk), [16] + expanded_channels(shrunk)[1:])
 
 
 @pytest.fixture(scope="module")
@@ -201,15 +216,12 @@ def test_group_shrink_equals_original_with_removed_channels_zeroed(small_x1, gro
         project[1].weight[removed] = 0
         project[1].bias[removed] = 0
     torch.testing.assert_close(narrow(x), original(x), rtol=1e-5, atol=1e-5)
-    # rebuild from widths, strict load
-    cfg = adapted_config(narrow)
-    rebuilt = build_adapted_model(cfg["model_config"], cfg["expanded_channels"], cfg["out_channels"])
-    rebuilt.load_state_dict(narrow.state_dict())
-    torch.testing.assert_close(rebuilt.eval()(x), narrow(x))
+    # its model_config is its block table: it rebuilds, strict load
+    torch.testing.assert_close(rebuild(narrow)(x), narrow(x))
 
 
 def test_group_and_width_errors(small_x1) -> None:
-    from segkit.search.arch import apply_expansions, out_channels, residual_groups, shrink_group
+    from segkit.search.arch import out_channels, residual_groups, shrink_group
 
     group = residual_groups(small_x1)[0]
     with pytest.raises(ValueError, match="multiple of 8 in 8..32"):

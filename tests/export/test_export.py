@@ -70,6 +70,7 @@ def images(sample_root) -> list[np.ndarray]:
     return [ds.load(i)[0] for i in range(len(ds))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", group_options("model"))
 def test_every_model_config_exports_and_matches_pytorch(name: str, tmp_path, images) -> None:
     model = _model(name)
@@ -157,6 +158,7 @@ def checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_export_checkpoint_writes_a_report(checkpoint: str, sample_root, tmp_path) -> None:
     out = tmp_path / "m.onnx"
     cfg = load_config(
@@ -206,6 +208,7 @@ def test_config_errors_name_the_key(checkpoint: str, tmp_path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_without_a_dataset_root_verifies_on_a_generated_sample(
     checkpoint: str, tmp_path, monkeypatch
 ) -> None:
@@ -338,7 +341,7 @@ def test_quantization_source_graph_has_int8_friendly_operators(tmp_path, images)
 def test_static_resize_scales_only_changes_whole_multiples() -> None:
     from onnx import TensorProto, helper
 
-    from segkit.export.int8_friendly import static_resize_scales
+    from segkit.export.upsampling import static_resize_scales
 
     def graph(out_hw: tuple[int, int]) -> onnx.ModelProto:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 4, 6])
@@ -382,7 +385,7 @@ def _stem_graph(hw: tuple[int, int], stride: int = 2) -> onnx.ModelProto:
 
 
 def test_space_to_depth_stem_is_the_same_convolution() -> None:
-    from segkit.export.int8_friendly import space_to_depth_stem
+    from segkit.export.int8_graph import space_to_depth_stem
 
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 12)).astype(np.float32)
     run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
@@ -403,7 +406,7 @@ def test_space_to_depth_stem_is_the_same_convolution() -> None:
 def test_quantize_before_space_to_depth_is_exact() -> None:
     from onnx import TensorProto, helper
 
-    from segkit.export.int8_friendly import quantize_before_space_to_depth
+    from segkit.export.int8_graph import quantize_before_space_to_depth
 
     def model() -> onnx.ModelProto:
         nodes = [

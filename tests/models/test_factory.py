@@ -129,6 +129,7 @@ def test_hydra_instantiate_builds_the_same_model():
     assert model.model_config["decoder_params"]["pool_stride"] == [16, 20]
 
 
+@pytest.mark.slow
 def test_import_segkit_is_light_and_create_model_stays_at_the_top_level():
     import subprocess
     import sys

@@ -29,6 +29,8 @@ from segkit.export.__main__ import main
 from segkit.inference import Predictor
 from segkit.inference.predictor import normalize_batch
 
+pytestmark = pytest.mark.slow  # subprocess commands, several processes or export fixtures
+
 MODEL = "lraspp_mobilenetv3_small"
 SIZE = (64, 128)
 
@@ -201,7 +203,7 @@ def test_batch_1_export_folds_the_se_gates_and_predicts_batches(
         pred = Predictor.from_file(path, threads=1)
         masks = pred.predict_batch(images)
         assert all(np.array_equal(m, pred.predict(img)) for m, img in zip(masks, images, strict=True))
-    assert main([f"checkpoint={exported['ckpt']}", f"output={tmp_path / 'bad.onnx'}", "batch=0"]) == 1
+    assert main([f"checkpoint={exported['ckpt']}", f"output={tmp_path / 'bad.onnx'}", "batch=0"]) == 2
     assert "batch=0 must be a positive whole number" in capsys.readouterr().err
 
 
@@ -209,7 +211,7 @@ def test_fold_se_gates_scales_the_weights_and_checks_the_gate_range() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from segkit.export.int8_friendly import fold_se_gates
+    from segkit.export.int8_graph import fold_se_gates
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (1, 8, 5, 6), dtype=np.uint8)
@@ -330,7 +332,7 @@ def test_fold_scalar_muls_is_exact_on_a_qdq_graph() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from segkit.export.int8_friendly import fold_scalar_muls
+    from segkit.export.int8_graph import fold_scalar_muls
 
     def init(name: str, value: float, dtype) -> onnx.TensorProto:
         return numpy_helper.from_array(np.array(value, dtype=dtype), name)
@@ -390,8 +392,10 @@ def test_int8_and_executorch_files_load_in_the_predictor(exported: dict) -> None
 
 
 def test_cli_failure_is_a_clear_nonzero_exit(tmp_path, capsys) -> None:
-    assert main([f"checkpoint={tmp_path / 'missing.pt'}", f"output={tmp_path / 'm.onnx'}"]) == 1
+    # a user's mistake: one line naming it, exit 2 (a failed verification exits 1)
+    assert main([f"checkpoint={tmp_path / 'missing.pt'}", f"output={tmp_path / 'm.onnx'}"]) == 2
     err = capsys.readouterr().err
-    assert "export failed" in err and "missing.pt" in err
-    assert main(["quantize=int8", "bogus=1"]) == 1
-    assert "bogus" in capsys.readouterr().err
+    assert "missing.pt" in err and len(err.strip().splitlines()) == 1
+    assert main(["quantize=int8", "bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'bogus'" in err and len(err.strip().splitlines()) == 1

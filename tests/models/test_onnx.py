@@ -34,6 +34,7 @@ def _export_and_run(
     return session.run(None, {"image": x.numpy()})[0], onnx.load(str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", group_options("model"))
 def test_onnx_export_matches_torch(name, tmp_path):
     model = create_model(name).eval()

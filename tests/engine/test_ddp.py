@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from segkit.engine.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocess commands, several processes or export fixtures
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -62,6 +62,7 @@ def images(sample_root) -> list[np.ndarray]:
     return [ds.load(i)[0] for i in range(len(ds))]
 
 
+@pytest.mark.slow
 def test_pt_onnx_torchscript_give_the_same_masks(files: dict, images: list[np.ndarray]) -> None:
     ref = Predictor.from_file(files["pt"])
     assert ref.backend == "pytorch" and ref.input_size == SIZE
