@@ -9,4 +9,11 @@ from __future__ import annotations
 from segkit.web.app import ORT_WEB_VERSION, WebAppError, check_web_model, find_runtime, write_web_app
 from segkit.web.server import make_server
 
-__all__ = ["ORT_WEB_VERSION", "WebAppError", "check_web_model", "find_runtime", "make_server", "write_web_app"]
+__all__ = [
+    "ORT_WEB_VERSION",
+    "WebAppError",
+    "check_web_model",
+    "find_runtime",
+    "make_server",
+    "write_web_app",
+]

@@ -35,7 +35,7 @@ def _bool(key: str, value: str) -> bool:
 
 
 def parse_args(command: str, argv: Sequence[str]) -> dict[str, str]:
-    """``key=value`` pairs, ``--flag value`` / ``--flag=value`` and (serve) one bare folder -> {key: value}."""
+    """``key=value``, ``--flag value`` / ``--flag=value`` and (serve) one bare folder -> {key: value}."""
     keys = BUILD_KEYS if command == "build" else SERVE_KEYS
     out: dict[str, str] = {}
     args = list(argv)
@@ -90,7 +90,9 @@ def build(opts: dict[str, str]) -> int:
     out = write_web_app(
         opts["out"], models, runtime_dir=opts.get("runtime"), webgpu=webgpu, sample_image=opts.get("image")
     )
-    print(f"web app written to {out} ({len(models)} model(s)); serve it with: python -m segkit.web serve {out}")
+    print(
+        f"web app written to {out} ({len(models)} model(s)); serve it with: python -m segkit.web serve {out}"
+    )
     return 0
 
 
@@ -108,7 +110,9 @@ def serve(opts: dict[str, str]) -> int:
     except NotADirectoryError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port"
+        ) from None
     shown = f"[{host}]" if ":" in host else host
     mode = "cross-origin isolated: WASM threads on" if isolate else "not isolated: one WASM thread"
     print(f"serving {opts['dir']} at http://{shown}:{server.server_port}/ ({mode}); Ctrl-C stops", flush=True)

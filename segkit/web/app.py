@@ -43,7 +43,7 @@ def _repo_root() -> Path:
 
 
 def find_runtime(runtime_dir: str | os.PathLike | None = None, webgpu: bool = True) -> Path:
-    """The onnxruntime-web ``dist/`` folder: ``runtime_dir`` if given, else the one ``make web-runtime`` fills.
+    """The onnxruntime-web ``dist/`` folder: ``runtime_dir`` if given, else the one ``make web-runtime`` fills
 
     Raises WebAppError naming the folder looked in when a needed file is missing.
     """
@@ -61,7 +61,8 @@ def find_runtime(runtime_dir: str | os.PathLike | None = None, webgpu: bool = Tr
     missing = [f for f in needed if not (first / f).is_file()]
     raise WebAppError(
         f"onnxruntime-web runtime files not found in {looked} (missing {', '.join(missing)}): run "
-        f"`make web-runtime` (npm install of onnxruntime-web {ORT_WEB_VERSION}) or pass the package's dist/ folder"
+        f"`make web-runtime` (npm install of onnxruntime-web {ORT_WEB_VERSION}) or pass the package's "
+        "dist/ folder"
     )
 
 
@@ -104,7 +105,9 @@ def check_web_model(path: str | os.PathLike) -> dict[str, Any]:
 
 def _label(meta: dict[str, Any], nbytes: int) -> str:
     h, w = meta.get("input_size") or ("?", "?")
-    return f"{meta.get('model_name') or 'model'} {meta.get('precision', 'fp32')} {h}x{w} ({nbytes / 1e6:.1f} MB)"
+    return (
+        f"{meta.get('model_name') or 'model'} {meta.get('precision', 'fp32')} {h}x{w} ({nbytes / 1e6:.1f} MB)"
+    )
 
 
 def write_web_app(
@@ -116,19 +119,23 @@ def write_web_app(
     sample_image: str | os.PathLike | None = None,
     title: str = "segkit in the browser",
 ) -> Path:
-    """Write the static web app for ``model_paths`` (e.g. ``model.onnx`` and ``model.int8.onnx``) to ``out_dir``.
+    """Write the static web app for ``model_paths`` (``model.onnx``, ``model.int8.onnx``) to ``out_dir``.
 
     The models must be segkit exports with ``preprocess=true argmax=true``; the first one opens first.
     ``webgpu=False`` leaves out the WebGPU build of the runtime (about 29 MB). ``sample_image`` is shown
     when the page opens. Serve the folder with ``python -m segkit.web serve <out_dir>``. Returns ``out_dir``.
     """
-    paths = [Path(model_paths)] if isinstance(model_paths, (str, os.PathLike)) else [Path(p) for p in model_paths]
+    paths = (
+        [Path(model_paths)] if isinstance(model_paths, (str, os.PathLike)) else [Path(p) for p in model_paths]
+    )
     if not paths:
         raise WebAppError("no model given: pass at least one segkit .onnx export")
     metas = [check_web_model(p) for p in paths]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
-        raise WebAppError(f"two models share a file name ({', '.join(names)}): the app keeps them side by side")
+        raise WebAppError(
+            f"two models share a file name ({', '.join(names)}): the app keeps them side by side"
+        )
     if sample_image is not None and not Path(sample_image).is_file():
         raise WebAppError(f"sample image not found: {sample_image}")
     runtime = find_runtime(runtime_dir, webgpu=webgpu)

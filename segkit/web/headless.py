@@ -25,7 +25,9 @@ CHROMIUM_ARGS = (
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
 )
-INSTALL_HINT = "install it with `apt-get install chromium` (Debian) or set SEGKIT_CHROMIUM to a Chromium binary"
+INSTALL_HINT = (
+    "install it with `apt-get install chromium` (Debian) or set SEGKIT_CHROMIUM to a Chromium binary"
+)
 
 
 class BrowserUnavailable(RuntimeError):
@@ -35,7 +37,9 @@ class BrowserUnavailable(RuntimeError):
 def chromium_path() -> Path:
     """The Chromium binary to drive; BrowserUnavailable with the install command when there is none."""
     env = os.environ.get("SEGKIT_CHROMIUM")
-    for cand in [env] if env else [DEFAULT_CHROMIUM, shutil.which("chromium"), shutil.which("chromium-browser")]:
+    for cand in (
+        [env] if env else [DEFAULT_CHROMIUM, shutil.which("chromium"), shutil.which("chromium-browser")]
+    ):
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return Path(cand)
     where = env or DEFAULT_CHROMIUM

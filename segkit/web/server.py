@@ -30,7 +30,7 @@ MIME_TYPES = {
 
 
 class WebAppHandler(SimpleHTTPRequestHandler):
-    """Serves one folder; ``isolate`` adds the cross-origin isolation headers, ``quiet`` drops the access log."""
+    """Serves one folder; ``isolate`` adds the cross-origin isolation headers, ``quiet`` drops the log."""
 
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
     isolate = True

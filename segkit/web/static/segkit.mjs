@@ -91,7 +91,7 @@ export function readOnnxProps(bytes, fileName = 'the model file') {
     }
     throw err;
   }
-  if (buf.length === 0) throw new SegkitModelError(`${fileName} is empty, not an ONNX model.`);
+  if (buf.length === 0) throw new SegkitModelError(`${fileName} is not an ONNX model: the file is empty.`);
   if (irVersion === null || !hasGraph) {
     throw new SegkitModelError(`${fileName} is not an ONNX model: it has no ${irVersion === null ? 'ir_version' : 'graph'}.`);
   }
