@@ -16,6 +16,7 @@ from segkit.export.__main__ import load_config
 from segkit.web import make_server, write_web_app
 from segkit.web.headless import BrowserUnavailable, launch_chromium, start_playwright
 
+
 @pytest.fixture(scope="session")
 def web_models(sample_root, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fp32 and int8 exports with preprocess=true argmax=true batch=1, through the export command's code."""

@@ -19,13 +19,17 @@ SIZE = (128, 256)
 MODEL = "lraspp_mobilenetv3_small"
 
 
-def random_checkpoint(path: Path, images: list[np.ndarray], size: tuple[int, int] = SIZE, name: str = MODEL) -> Path:
+def random_checkpoint(
+    path: Path, images: list[np.ndarray], size: tuple[int, int] = SIZE, name: str = MODEL
+) -> Path:
     """A random-init checkpoint with BatchNorm statistics measured on ``images`` (uint8 RGB): every layer's
     output then varies over the picture at unit scale, so the masks hold many classes with clear margins
     (agreement on a one- or two-class mask, or on near-ties everywhere, would prove little)."""
     torch.manual_seed(0)
     model = segkit.create_model(name, num_classes=19)
-    x = torch.from_numpy(np.stack([cv2.resize(im, size[::-1], interpolation=cv2.INTER_LINEAR) for im in images]))
+    x = torch.from_numpy(
+        np.stack([cv2.resize(im, size[::-1], interpolation=cv2.INTER_LINEAR) for im in images])
+    )
     x = (x.float() / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     with torch.no_grad():
         for m in model.modules():
