@@ -130,25 +130,37 @@ def test_page_masks_equal_the_predictor(browser, app_url, web_models, pictures, 
         page.close()
 
 
+def _canvas_rgb(page, h: int, w: int) -> np.ndarray:
+    """The page's overlay canvas as h x w x 3 RGB (read in the page, sent as base64)."""
+    b64 = page.evaluate(
+        """([w, h]) => {
+            const px = document.getElementById('view').getContext('2d').getImageData(0, 0, w, h).data;
+            let s = '';
+            for (let i = 0; i < px.length; i += 0x8000) {
+                s += String.fromCharCode.apply(null, px.subarray(i, i + 0x8000));
+            }
+            return btoa(s);
+        }""",
+        [w, h],
+    )
+    return np.frombuffer(base64.b64decode(b64), dtype=np.uint8).reshape(h, w, 4)[..., :3]
+
+
 def test_overlay_draws_the_palette(browser, app_url, pictures) -> None:
     """At full opacity the canvas shows the mask's colours; at zero the picture itself."""
     page = open_app(browser, app_url)
     try:
         path, rgb = pictures[0]
         got = segment_file(page, path)
-        read = (
-            "() => Array.from(document.getElementById('view').getContext('2d')"
-            ".getImageData(0, 0, {w}, {h}).data)"
-        )
         h, w = rgb.shape[:2]
         page.fill("#opacity", "100")
         page.dispatch_event("#opacity", "input")
-        full = np.array(page.evaluate(read.format(w=w, h=h)), dtype=np.uint8).reshape(h, w, 4)[..., :3]
+        full = _canvas_rgb(page, h, w)
         assert (full == labels.PALETTE[got["mask"]]).all(axis=-1).mean() >= 0.999
         assert page.locator("#opacity-value").inner_text() == "100%"
         page.fill("#opacity", "0")
         page.dispatch_event("#opacity", "input")
-        none = np.array(page.evaluate(read.format(w=w, h=h)), dtype=np.uint8).reshape(h, w, 4)[..., :3]
+        none = _canvas_rgb(page, h, w)
         assert np.abs(none.astype(int) - rgb).max() <= 1
     finally:
         page.close()
