@@ -270,6 +270,8 @@ def test_page_geometry_is_the_predictors_bit_for_bit(tmp_path) -> None:
         (720, 1280, 512, 1024),
         (300, 500, 128, 256),
         (37, 91, 128, 256),
+        (5, 4, 100, 2),
+        (9, 20, 100, 10),
         (5, 700, 64, 64),
         (480, 100, 33, 47),
     ]
@@ -314,7 +316,7 @@ def test_page_geometry_is_the_predictors_bit_for_bit(tmp_path) -> None:
             }
         )
     fit_sizes = [[int(a), int(b), int(c), int(d)] for a, b, c, d in rng.integers(1, 3000, (200, 4))]
-    fit_sizes += [[3, 5, 2, 2], [1, 3, 1, 2], [5, 2, 3, 3]]  # exact halves: Python rounds them to even
+    fit_sizes += [[5, 4, 10, 2], [4, 5, 2, 10], [9, 4, 100, 2], [7, 2, 9, 1]]  # x.5: Python rounds to even
     tasks.append({"kind": "fit", "sizes": fit_sizes})
     results = _node({"tasks": tasks}, tmp_path)
     for i, ((h, w, th, tw), img) in enumerate(zip(sizes, images)):
