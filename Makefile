@@ -7,7 +7,9 @@ SAMPLE := datasets/cityscapes_sample
 DEMO_OUT := demo_out
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test test-fast lint demo sample clean
+WEB_RUNTIME := .web/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs
+
+.PHONY: install test test-fast lint demo sample clean web-runtime
 
 install: $(STAMP)
 
@@ -20,7 +22,15 @@ $(STAMP): pyproject.toml requirements.lock
 lint: install
 	$(PY) -m ruff check .
 
-test: install lint
+# onnxruntime-web for the in-browser app (segkit.web) and its tests: the version pinned in .web/package.json and
+# .web/package-lock.json, from the npm registry into the git-ignored .web/node_modules (no CDN at run time)
+web-runtime: $(WEB_RUNTIME)
+
+$(WEB_RUNTIME): .web/package.json .web/package-lock.json
+	cd .web && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+test: install lint web-runtime
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # the edit-test loop: everything but the tests marked slow (subprocess commands, DDP, export fixtures)
