@@ -24,7 +24,7 @@ def test_a_wheel_installed_elsewhere_builds_models_from_its_own_configs(tmp_path
         shutil.copy(REPO / name, source / name)
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, source],
         capture_output=True,
         text=True,
         timeout=600,

@@ -35,6 +35,7 @@ from segkit.formats.description import ModelDescription
 from segkit.inference import Predictor
 from segkit.inference.backends import ExecuTorchBackend, OnnxBackend, TorchScriptBackend
 from segkit.models import build_model_from_checkpoint
+from segkit.web import find_runtime, write_web_app
 
 #: Used when neither ``verify.root`` nor ``calibration.root`` is given and this folder exists.
 DEFAULT_SAMPLE_ROOT = Path("datasets/cityscapes_sample")
@@ -94,6 +95,12 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
     output = Path(cfg["output"])
     if output.suffix.lower() != ".onnx":
         raise ValueError(f"output={output} must end in .onnx")
+    if cfg.get("web"):  # checked before any work: the graph kind, and that the runtime files are there
+        if not (cfg["preprocess"] and cfg["argmax"]):
+            raise ValueError(
+                f"web={cfg['web']} needs preprocess=true argmax=true (the page feeds pixels, draws the mask)"
+            )
+        find_runtime(cfg.get("web_runtime"))
     ckpt = load_checkpoint(cfg["checkpoint"])
     model = build_model_from_checkpoint(ckpt, use_ema=bool(cfg.get("use_ema", False)))
     size_cfg = cfg.get("input_size") or ckpt.get("input_size") or DEFAULT_INPUT_SIZE
@@ -187,6 +194,12 @@ def export_checkpoint(cfg: Mapping[str, Any], log: Any = print) -> dict[str, Any
                 save_report()
             if cfg.get("mobile"):
                 report["mobile"] = _mobile(cfg, output, wrapper, meta, images, size, min_agreement, log)
+                save_report()
+            if cfg.get("web"):
+                models = [output] + ([int8_path(output)] if cfg.get("quantize") else [])
+                app = write_web_app(cfg["web"], models, runtime_dir=cfg.get("web_runtime"))
+                report["web"] = {"path": str(app), "models": [str(m) for m in models]}
+                log(f"web app: {app} (serve it with python -m segkit.web serve {app})")
                 save_report()
         report["passed"] = True
     except VerificationError as exc:

@@ -37,10 +37,16 @@ def web_models(sample_root, tmp_path_factory: pytest.TempPathFactory) -> dict[st
             "calibration.images=4",
             # random weights: the mIoU gate means nothing here (its own tests live in test_quantize.py)
             "quantization.max_miou_drop=100",
+            f"web={out / 'exported_app'}",  # the export command's own web key
         ]
     )
-    export_checkpoint(cfg, log=lambda *_: None)
-    return {"fp32": onnx_path, "int8": int8_path(onnx_path), "checkpoint": ckpt}
+    report = export_checkpoint(cfg, log=lambda *_: None)
+    return {
+        "fp32": onnx_path,
+        "int8": int8_path(onnx_path),
+        "checkpoint": ckpt,
+        "exported_app": Path(report["web"]["path"]),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -360,3 +360,20 @@ def test_page_reads_metadata_like_segkit(tmp_path) -> None:
         assert res[n]["name"] == "SegkitModelError" and f"{n} is not an ONNX model" in res[n]["error"], res[n]
     assert "pal.onnx: metadata palette=" in res["pal.onnx"]["error"]
     assert bad_palette.is_file()
+
+
+def test_the_export_command_writes_the_app_with_both_precisions(web_models) -> None:
+    """``python -m segkit.export ... web=<dir>``: the same folder write_web_app makes, both models in it."""
+    app = web_models["exported_app"]
+    assert (app / "index.html").is_file() and (app / "app.mjs").is_file()
+    for key in ("fp32", "int8"):
+        assert (app / "models" / web_models[key].name).read_bytes() == web_models[key].read_bytes()
+
+
+def test_the_export_command_refuses_web_for_a_logits_graph(tmp_path, capsys) -> None:
+    from segkit.export.__main__ import main
+
+    status = main(["checkpoint=x.pt", f"output={tmp_path / 'm.onnx'}", f"web={tmp_path / 'app'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "needs preprocess=true argmax=true" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "app").exists() and not (tmp_path / "m.onnx").exists()
